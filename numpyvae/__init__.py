@@ -1,0 +1,16 @@
+"""numpyvae: Variational Autoencoders from scratch in NumPy.
+
+Every gradient is written by hand, derived in docs/ and checked against finite
+differences in tests/. The public API is described in README.md.
+"""
+
+__version__ = "0.1.0"
+
+from .distributions import (  # noqa: F401
+    bernoulli_log_likelihood, gaussian_log_likelihood, kl_diag_gaussian_standard,
+    kl_diag_gaussians, kl_full_gaussians, log_mean_exp, log_normal_diag, reparameterize,
+    reparameterize_backward,
+)
+from .layers import MLP, Identity, Linear, ReLU, Sigmoid, Softplus, Tanh  # noqa: F401
+from .model import VAE  # noqa: F401
+from . import gradcheck  # noqa: F401

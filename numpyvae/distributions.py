@@ -1,0 +1,313 @@
+"""Distributions of the VAE and the gradients of their log-densities and KLs.
+
+Conventions (docs/distributions.md):
+
+* a diagonal Gaussian is given by its mean ``mu`` and its **log-variance**
+  ``logvar = log sigma^2``; its standard deviation is ``exp(logvar / 2)`` and its
+  variance is ``exp(logvar)``;
+* every log-density is a true log-density: Gaussian terms keep their
+  ``-0.5 * log(2 pi var)`` constants, so bounds can be compared with closed forms;
+* densities of vectors sum over the last axis, so ``(..., D) -> (...)``.
+
+Nothing here draws random numbers: ``reparameterize`` takes its noise ``eps``.
+"""
+
+import math
+
+import numpy as np
+
+from .layers import sigmoid, softplus
+
+__all__ = [
+    "LOG_2PI",
+    "reparameterize", "reparameterize_backward",
+    "kl_diag_gaussian_standard", "kl_diag_gaussian_standard_grad",
+    "kl_diag_gaussians", "kl_diag_gaussians_grad", "kl_full_gaussians",
+    "log_normal_diag", "log_normal_diag_grad", "log_standard_normal",
+    "bernoulli_log_likelihood", "bernoulli_log_likelihood_grad",
+    "gaussian_log_likelihood", "gaussian_log_likelihood_grad",
+    "log_mean_exp",
+    "BernoulliLikelihood", "GaussianLikelihood", "GaussianLearnedLikelihood",
+    "make_likelihood", "LIKELIHOODS",
+]
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _sum_to_shape(a, shape):
+    """Sum a broadcast gradient back down to ``shape`` (the adjoint of broadcasting)."""
+    extra = a.ndim - len(shape)
+    if extra:
+        a = a.sum(axis=tuple(range(extra)))
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and a.shape[i] != 1)
+    return a.sum(axis=axes, keepdims=True) if axes else a
+
+
+# ---------------------------------------------------------------------------
+# The reparameterization trick
+# ---------------------------------------------------------------------------
+
+def reparameterize(mu, logvar, eps):
+    """z = mu + sigma * eps with sigma = exp(logvar / 2).   Eq. (R1), docs/reparameterization.md
+
+    ``mu`` and ``logvar`` have shape (B, Z); ``eps`` ~ N(0, I) has shape (L, B, Z) (or any
+    shape that broadcasts against them). Returns z with the broadcast shape, e.g. (L, B, Z).
+    """
+    return mu + np.exp(0.5 * logvar) * eps
+
+
+def reparameterize_backward(dz, logvar, eps):
+    """Gradients through z = mu + exp(logvar/2) * eps.   Eq. (R2), docs/reparameterization.md
+
+        dL/dmu     = sum_l dz_l
+        dL/dlogvar = sum_l dz_l * eps_l * exp(logvar / 2) / 2
+
+    The sum over the sample axis is the adjoint of broadcasting mu over L samples.
+    Returns ``(dmu, dlogvar)`` with the shape of ``logvar``.
+    """
+    dmu = _sum_to_shape(dz, logvar.shape)
+    dlogvar = _sum_to_shape(dz * eps * (0.5 * np.exp(0.5 * logvar)), logvar.shape)
+    return dmu, dlogvar
+
+
+# ---------------------------------------------------------------------------
+# KL divergences
+# ---------------------------------------------------------------------------
+
+def kl_diag_gaussian_standard(mu, logvar):
+    """KL( N(mu, diag(exp(logvar))) || N(0, I) ), summed over the last axis.   Eq. (K2), docs/kl.md
+
+        KL = 1/2 * sum_j ( mu_j^2 + exp(logvar_j) - 1 - logvar_j )
+
+    Note it is logvar = log sigma^2 that appears, not log sigma. Shape (..., Z) -> (...).
+    exp(v) - 1 - v is computed as expm1(v) - v: for tiny v, exp(v) rounds to 1 and the
+    plain form can come out negative; expm1(v) >= v holds in floating point too.
+    """
+    return 0.5 * np.sum(mu * mu + (np.expm1(logvar) - logvar), axis=-1)
+
+
+def kl_diag_gaussian_standard_grad(mu, logvar):
+    """Gradient of Eq. (K2): dKL/dmu = mu, dKL/dlogvar = (exp(logvar) - 1) / 2.   Eq. (K3)"""
+    return mu.copy(), 0.5 * np.expm1(logvar)
+
+
+def kl_diag_gaussians(mu_q, logvar_q, mu_p, logvar_p):
+    """KL( N(mu_q, diag e^{logvar_q}) || N(mu_p, diag e^{logvar_p}) ).   Eq. (K4), docs/kl.md
+
+        KL = 1/2 * sum_j ( logvar_p - logvar_q + (e^{logvar_q} + (mu_q - mu_p)^2) / e^{logvar_p} - 1 )
+    """
+    # With d = logvar_q - logvar_p the first terms are exp(d) - 1 - d = expm1(d) - d >= 0.
+    diff = mu_q - mu_p
+    d = logvar_q - logvar_p
+    return 0.5 * np.sum(np.expm1(d) - d + diff * diff * np.exp(-logvar_p), axis=-1)
+
+
+def kl_diag_gaussians_grad(mu_q, logvar_q, mu_p, logvar_p):
+    """Gradient of Eq. (K4) with respect to its four arguments.   Eq. (K5), docs/kl.md
+
+    Returns ``(d_mu_q, d_logvar_q, d_mu_p, d_logvar_p)``:
+        d_mu_q     = (mu_q - mu_p) / var_p            d_mu_p = -d_mu_q
+        d_logvar_q = (var_q / var_p - 1) / 2
+        d_logvar_p = (1 - (var_q + (mu_q - mu_p)^2) / var_p) / 2
+    """
+    inv_var_p = np.exp(-logvar_p)
+    diff = mu_q - mu_p
+    d_mu_q = diff * inv_var_p
+    ratio_m1 = np.expm1(logvar_q - logvar_p)           # var_q / var_p - 1
+    d_logvar_q = 0.5 * ratio_m1
+    d_logvar_p = -0.5 * (ratio_m1 + diff * diff * inv_var_p)
+    return d_mu_q, d_logvar_q, -d_mu_q, d_logvar_p
+
+
+def kl_full_gaussians(mu_q, cov_q, mu_p, cov_p):
+    """KL( N(mu_q, cov_q) || N(mu_p, cov_p) ) for full covariance matrices.   Eq. (K1), docs/kl.md
+
+        KL = 1/2 * ( tr(cov_p^{-1} cov_q) + (mu_p - mu_q)^T cov_p^{-1} (mu_p - mu_q)
+                     - k + log det cov_p - log det cov_q )
+
+    Shapes: mu (..., k), cov (..., k, k) (leading batch axes broadcast). Computed through
+    Cholesky factors, so a covariance that is not symmetric positive definite raises.
+    """
+    mu_q, mu_p = np.asarray(mu_q), np.asarray(mu_p)
+    cov_q, cov_p = np.asarray(cov_q), np.asarray(cov_p)
+    k = mu_q.shape[-1]
+    if cov_q.shape[-2:] != (k, k) or cov_p.shape[-2:] != (k, k) or mu_p.shape[-1] != k:
+        raise ValueError(f"kl_full_gaussians: expected means (..., {k}) and covariances "
+                         f"(..., {k}, {k}); got {mu_q.shape}, {cov_q.shape}, {mu_p.shape}, {cov_p.shape}")
+    try:
+        chol_q = np.linalg.cholesky(cov_q)
+        chol_p = np.linalg.cholesky(cov_p)
+    except np.linalg.LinAlgError as exc:
+        raise ValueError("kl_full_gaussians: covariances must be symmetric positive definite") from exc
+    # log det S = 2 sum log diag(chol(S))
+    logdet_q = 2.0 * np.sum(np.log(np.diagonal(chol_q, axis1=-2, axis2=-1)), axis=-1)
+    logdet_p = 2.0 * np.sum(np.log(np.diagonal(chol_p, axis1=-2, axis2=-1)), axis=-1)
+    # With cov_p = Lp Lp^T: tr(cov_p^{-1} cov_q) = ||Lp^{-1} Lq||_F^2 and the Mahalanobis
+    # term is ||Lp^{-1} (mu_p - mu_q)||^2; triangular solves avoid forming an inverse.
+    a = np.linalg.solve(chol_p, chol_q)
+    trace = np.sum(a * a, axis=(-2, -1))
+    diff = (mu_p - mu_q)[..., None]
+    m = np.linalg.solve(chol_p, np.broadcast_to(diff, np.broadcast_shapes(diff.shape, chol_p.shape[:-1] + (1,))))
+    maha = np.sum(m * m, axis=(-2, -1))
+    return 0.5 * (trace + maha - k + logdet_p - logdet_q)
+
+
+# ---------------------------------------------------------------------------
+# Gaussian log-densities
+# ---------------------------------------------------------------------------
+
+def log_normal_diag(x, mu, logvar):
+    """log N(x; mu, diag(exp(logvar))), summed over the last axis.   Eq. (G1), docs/distributions.md
+
+        log N = -1/2 * sum_j ( log(2 pi) + logvar_j + (x_j - mu_j)^2 exp(-logvar_j) )
+    """
+    d = x - mu
+    return -0.5 * np.sum(LOG_2PI + logvar + d * d * np.exp(-logvar), axis=-1)
+
+
+def log_normal_diag_grad(x, mu, logvar):
+    """Gradient of Eq. (G1) with respect to mu and logvar.   Eq. (G2), docs/distributions.md
+
+        d/dmu     = (x - mu) exp(-logvar)
+        d/dlogvar = -1/2 + (x - mu)^2 exp(-logvar) / 2
+    """
+    d = x - mu
+    inv_var = np.exp(-logvar)
+    return d * inv_var, 0.5 * (d * d * inv_var - 1.0)
+
+
+def log_standard_normal(z):
+    """log N(z; 0, I) summed over the last axis: -1/2 sum (log 2pi + z^2).   Eq. (G3)"""
+    return -0.5 * np.sum(LOG_2PI + z * z, axis=-1)
+
+
+def gaussian_log_likelihood(x, mean, var):
+    """log N(x; mean, var * I) with a fixed scalar variance (the seeds' lambda).   Eq. (G4)
+
+        log p(x|z) = -D/2 log(2 pi var) - ||x - mean||^2 / (2 var)
+    """
+    d = x - mean
+    D = x.shape[-1]
+    # math.log gives a Python float, which (unlike a NumPy float64) never upcasts float32.
+    return -0.5 * D * math.log(2.0 * math.pi * var) - np.sum(d * d, axis=-1) / (2.0 * var)
+
+
+def gaussian_log_likelihood_grad(x, mean, var):
+    """d/dmean of Eq. (G4): (x - mean) / var.   Eq. (G5)"""
+    return (x - mean) / var
+
+
+# ---------------------------------------------------------------------------
+# Bernoulli log-likelihood from logits
+# ---------------------------------------------------------------------------
+
+def bernoulli_log_likelihood(x, logits):
+    """log Bernoulli(x; sigmoid(logits)), summed over the last axis.   Eq. (L1), docs/distributions.md
+
+        log p(x|z) = sum_j [ x_j log s_j + (1 - x_j) log(1 - s_j) ],  s = sigmoid(logits)
+                   = sum_j [ x_j * logits_j - softplus(logits_j) ]
+
+    The softplus form never evaluates log(sigmoid(.)), so it stays finite for logits of
+    any magnitude (|logits| = 1e4 included). ``x`` may hold grey values in [0, 1].
+    """
+    return np.sum(x * logits - softplus(logits), axis=-1)
+
+
+def bernoulli_log_likelihood_grad(x, logits):
+    """d/dlogits of Eq. (L1): x - sigmoid(logits).   Eq. (L2)"""
+    return x - sigmoid(logits)
+
+
+def log_mean_exp(a, axis=0):
+    """log( mean(exp(a), axis) ) without overflow: m + log(mean(exp(a - m))), m = max.
+
+    Used for importance weights, Eq. (I2), docs/importance.md.
+    """
+    a = np.asarray(a)
+    m = np.max(a, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    out = m + np.log(np.mean(np.exp(a - m), axis=axis, keepdims=True))
+    return np.squeeze(out, axis=axis)
+
+
+# ---------------------------------------------------------------------------
+# Decoder likelihoods: what the decoder's output heads mean.
+# ---------------------------------------------------------------------------
+
+class BernoulliLikelihood:
+    """p(x|z) = prod_j Bernoulli(x_j; sigmoid(logits_j)); one decoder head "out" of logits."""
+
+    name = "bernoulli"
+    heads = ("out",)
+
+    def check_targets(self, x):
+        if np.any(x < 0) or np.any(x > 1):
+            raise ValueError("bernoulli likelihood: x must lie in [0, 1] (binary pixels or grey "
+                             f"values); got values in [{x.min():.4g}, {x.max():.4g}]")
+
+    def log_prob(self, x, out):
+        return bernoulli_log_likelihood(x, out["out"])
+
+    def grad(self, x, out):
+        return {"out": bernoulli_log_likelihood_grad(x, out["out"])}
+
+    def mean(self, out):
+        return sigmoid(out["out"])
+
+
+class GaussianLikelihood:
+    """p(x|z) = N(x; mean, obs_var * I), fixed variance; one decoder head "out" = mean."""
+
+    name = "gaussian"
+    heads = ("out",)
+
+    def __init__(self, obs_var=1.0):
+        if not np.isscalar(obs_var) or not np.isfinite(obs_var) or obs_var <= 0:
+            raise ValueError(f"obs_var must be a positive finite number; got {obs_var!r}")
+        self.obs_var = float(obs_var)
+
+    def check_targets(self, x):
+        pass
+
+    def log_prob(self, x, out):
+        return gaussian_log_likelihood(x, out["out"], self.obs_var)
+
+    def grad(self, x, out):
+        return {"out": gaussian_log_likelihood_grad(x, out["out"], self.obs_var)}
+
+    def mean(self, out):
+        return out["out"]
+
+
+class GaussianLearnedLikelihood:
+    """p(x|z) = N(x; mean, diag(exp(logvar))): heads "out" = mean and "logvar" per pixel."""
+
+    name = "gaussian-learned"
+    heads = ("out", "logvar")
+
+    def check_targets(self, x):
+        pass
+
+    def log_prob(self, x, out):
+        return log_normal_diag(x, out["out"], out["logvar"])
+
+    def grad(self, x, out):
+        d_mean, d_logvar = log_normal_diag_grad(x, out["out"], out["logvar"])
+        return {"out": d_mean, "logvar": d_logvar}
+
+    def mean(self, out):
+        return out["out"]
+
+
+LIKELIHOODS = ("bernoulli", "gaussian", "gaussian-learned")
+
+
+def make_likelihood(name, obs_var=1.0):
+    """Build the likelihood object for a name in LIKELIHOODS."""
+    if name == "bernoulli":
+        return BernoulliLikelihood()
+    if name == "gaussian":
+        return GaussianLikelihood(obs_var)
+    if name == "gaussian-learned":
+        return GaussianLearnedLikelihood()
+    raise ValueError(f"unknown likelihood {name!r}; expected one of {list(LIKELIHOODS)}")

@@ -1,0 +1,273 @@
+"""The Variational Autoencoder: one minibatch from pixels to ELBO and back to every gradient.
+
+Generative model (docs/elbo.md, Eq. (1)):   z ~ N(0, I),   x | z ~ p_theta(x | z)
+Inference model (Eq. (E4)):                q_phi(z | x) = N(mu(x), diag(exp(logvar(x))))
+
+The encoder is an MLP trunk followed by two Linear heads (mu and logvar); the decoder is
+an MLP trunk with the hidden widths reversed, followed by one Linear head per output of
+the likelihood ("out": logits or mean; "logvar" for the learned-variance Gaussian).
+
+Per datapoint, with L reparameterized samples z_l = mu + exp(logvar/2) * eps_l,
+
+    ELBO(x) = 1/L sum_l log p(x | z_l)  -  KL(q(z|x) || N(0, I))        Eq. (E6), docs/elbo.md
+
+with the KL in closed form, Eq. (K2), docs/kl.md. ``loss_and_grads`` returns
+loss = mean_b -( 1/L sum_l log p(x_b | z_bl) - beta * KL_b ) and its gradient with
+respect to every parameter, computed by the backward pass of docs/backprop.md, Eq. (B7).
+"""
+
+import math
+
+import numpy as np
+
+from . import _validate as check
+from .distributions import (
+    kl_diag_gaussian_standard, kl_diag_gaussian_standard_grad, log_standard_normal,
+    make_likelihood, reparameterize, reparameterize_backward, LOG_2PI,
+)
+from .layers import MLP, Linear
+
+__all__ = ["VAE", "ESTIMATORS"]
+
+# Gradient estimators of the encoder's share of the data term. Only "reparam" exists so
+# far; the others are named here so that asking for them gives a clear message.
+ESTIMATORS = ("reparam", "score", "blocked", "stl")
+_PLANNED = {"score", "blocked", "stl"}
+
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class VAE:
+    """A VAE with a diagonal-Gaussian posterior and an MLP encoder and decoder.
+
+    Parameters
+    ----------
+    input_dim : int            D, the width of a datapoint (784 for MNIST).
+    hidden_dims : tuple of int encoder widths; the decoder uses them reversed. ``()`` gives a
+                               linear encoder and decoder.
+    latent_dim : int           Z.
+    likelihood : str           "bernoulli" (decoder gives logits), "gaussian" (fixed variance
+                               ``obs_var``), or "gaussian-learned" (a per-pixel log-variance head).
+    obs_var : float            lambda, the observation variance of likelihood="gaussian".
+    activation : str           "tanh" | "relu" | "sigmoid" | "softplus".
+    seed : int                 seeds the initialisation only; sampling takes ``eps`` or ``rng``.
+    dtype : np.float32 | np.float64   every parameter and every computation uses this dtype.
+    """
+
+    def __init__(self, input_dim, hidden_dims=(400,), latent_dim=20, likelihood="bernoulli",
+                 obs_var=1.0, activation="tanh", seed=0, dtype=np.float32):
+        self.input_dim = check.check_positive_int(input_dim, "input_dim")
+        self.latent_dim = check.check_positive_int(latent_dim, "latent_dim")
+        try:
+            hidden = tuple(hidden_dims)
+        except TypeError:
+            raise TypeError(f"hidden_dims must be a tuple of positive ints; got {hidden_dims!r}") from None
+        self.hidden_dims = tuple(check.check_positive_int(h, "each hidden width") for h in hidden)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in _DTYPES:
+            raise TypeError(f"dtype must be np.float32 or np.float64; got {dtype!r}")
+        self.likelihood = make_likelihood(likelihood, obs_var)
+        self.activation = activation
+        self.obs_var = float(obs_var)
+        self.seed = seed
+
+        rng = np.random.default_rng(seed)
+        D, Z, H = self.input_dim, self.latent_dim, self.hidden_dims
+        self.encoder = MLP((D,) + H, activation, rng, self.dtype)
+        self.enc_heads = {"mu": Linear(self.encoder.out_features, Z, rng, self.dtype),
+                          "logvar": Linear(self.encoder.out_features, Z, rng, self.dtype)}
+        self.decoder = MLP((Z,) + H[::-1], activation, rng, self.dtype)
+        self.dec_heads = {name: Linear(self.decoder.out_features, D, rng, self.dtype)
+                          for name in self.likelihood.heads}
+
+        # The live arrays, by their public names. Writing into them changes the model.
+        self.params = {}
+        self.params.update({f"enc.{k}": v for k, v in self.encoder.named_params().items()})
+        for head, layer in self.enc_heads.items():
+            self.params.update({f"enc.{head}.{k}": v for k, v in layer.params.items()})
+        self.params.update({f"dec.{k}": v for k, v in self.decoder.named_params().items()})
+        for head, layer in self.dec_heads.items():
+            self.params.update({f"dec.{head}.{k}": v for k, v in layer.params.items()})
+
+    # ------------------------------------------------------------------ description
+
+    @property
+    def config(self):
+        """The constructor arguments, JSON-serialisable (used by checkpoints)."""
+        return {"input_dim": self.input_dim, "hidden_dims": list(self.hidden_dims),
+                "latent_dim": self.latent_dim, "likelihood": self.likelihood.name,
+                "obs_var": self.obs_var, "activation": self.activation, "seed": self.seed,
+                "dtype": self.dtype.name}
+
+    def __repr__(self):
+        arch = "-".join(str(d) for d in (self.input_dim,) + self.hidden_dims + (self.latent_dim,))
+        return (f"VAE({arch}, likelihood={self.likelihood.name!r}, activation={self.activation!r}, "
+                f"dtype={self.dtype.name}, {self.num_params()} parameters)")
+
+    def num_params(self):
+        return int(sum(p.size for p in self.params.values()))
+
+    # ------------------------------------------------------------------ forward pieces
+
+    def _check_x(self, x):
+        x = check.as_batch(x, self.input_dim, self.dtype, "x")
+        self.likelihood.check_targets(x)
+        return x
+
+    def _encode(self, x):
+        h = self.encoder.forward(x)
+        return self.enc_heads["mu"].forward(h), self.enc_heads["logvar"].forward(h)
+
+    def _decode_outputs(self, z):
+        """Decoder heads for a (N, Z) batch of codes: dict head -> (N, D)."""
+        h = self.decoder.forward(z)
+        return {name: layer.forward(h) for name, layer in self.dec_heads.items()}
+
+    def encode(self, x):
+        """Posterior parameters for a batch x (B, D): ``(mu, logvar)``, each (B, Z),
+        with logvar = log sigma^2."""
+        return self._encode(self._check_x(x))
+
+    def decode(self, z):
+        """The mean of p(x|z) for codes z (B, Z): Bernoulli probabilities sigmoid(logits)
+        or the Gaussian mean, shape (B, D)."""
+        z = check.as_batch(z, self.latent_dim, self.dtype, "z")
+        return self.likelihood.mean(self._decode_outputs(z))
+
+    def reconstruct(self, x):
+        """decode(mu(x)): the reconstruction at the posterior mean, shape (B, D)."""
+        mu, _ = self.encode(x)
+        return self.decode(mu)
+
+    def sample(self, n, rng):
+        """Decoded means of n codes drawn from the prior N(0, I): shape (n, D)."""
+        n = check.check_positive_int(n, "n")
+        z = check.check_rng(rng).standard_normal((n, self.latent_dim), dtype=self.dtype)
+        return self.decode(z)
+
+    def _forward(self, x, eps):
+        """One pass from a checked batch x (B, D) and noise eps (L, B, Z) to the ELBO terms.
+
+        Returns a dict with mu, logvar (B, Z); z (L, B, Z); the decoder outputs, each
+        (L*B, D); rec = log p(x | z_l) of shape (L, B); kl of shape (B,).
+        """
+        L, B, Z = eps.shape
+        mu, logvar = self._encode(x)
+        z = reparameterize(mu, logvar, eps)                      # Eq. (R1): (L, B, Z)
+        # The L samples are stacked into the batch axis: one matmul per layer for all of them.
+        out = self._decode_outputs(z.reshape(L * B, Z))
+        out_lbd = {k: v.reshape(L, B, self.input_dim) for k, v in out.items()}
+        rec = self.likelihood.log_prob(x, out_lbd)               # (L, B), x broadcasts over L
+        kl = kl_diag_gaussian_standard(mu, logvar)               # Eq. (K2): (B,)
+        return {"mu": mu, "logvar": logvar, "z": z, "out": out_lbd, "rec": rec, "kl": kl}
+
+    # ------------------------------------------------------------------ objectives
+
+    def elbo_terms(self, x, eps=None, n_samples=1, rng=None):
+        """Per-datapoint ``{"elbo", "rec", "kl"}``, each (B,): rec = 1/L sum_l log p(x|z_l),
+        kl = KL(q(z|x) || p(z)) in closed form, elbo = rec - kl.   Eq. (E6), docs/elbo.md"""
+        x = self._check_x(x)
+        eps = check.noise(eps, n_samples, x.shape[0], self.latent_dim, rng, self.dtype)
+        f = self._forward(x, eps)
+        rec = f["rec"].mean(axis=0)
+        return {"elbo": rec - f["kl"], "rec": rec, "kl": f["kl"]}
+
+    def elbo(self, x, eps=None, n_samples=1, rng=None):
+        """The ELBO of each datapoint in nats, shape (B,).   Eq. (E6), docs/elbo.md
+
+        The reconstruction term averages over L = n_samples reparameterized samples; the KL
+        is analytic. Pass ``eps`` (L, B, Z) to fix the noise, or ``rng`` to draw it.
+        """
+        return self.elbo_terms(x, eps=eps, n_samples=n_samples, rng=rng)["elbo"]
+
+    def loss_and_grads(self, x, eps=None, n_samples=1, rng=None, estimator="reparam", beta=1.0):
+        """The minibatch loss and its gradient with respect to every parameter.
+
+            loss = 1/B sum_b -( 1/L sum_l log p(x_b | z_bl) - beta * KL_b )      Eq. (E7)
+
+        ``estimator`` chooses how the data term's gradient reaches the encoder:
+        "reparam" differentiates through z = mu + sigma * eps (Eq. R2). The decoder's
+        gradient is pathwise in theta for every estimator.
+
+        Returns ``(loss, grads)``: a Python float and a dict with exactly the keys and
+        shapes of ``self.params``.
+        """
+        if not isinstance(estimator, str) or estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {estimator!r}; expected one of {list(ESTIMATORS)}")
+        if estimator in _PLANNED:
+            raise NotImplementedError(f"estimator {estimator!r} is not implemented yet; "
+                                      "use estimator='reparam'")
+        if isinstance(beta, bool) or not np.isscalar(beta) or not np.isfinite(beta) or beta < 0:
+            raise ValueError(f"beta must be a finite number >= 0; got {beta!r}")
+        beta = float(beta)
+
+        x = self._check_x(x)
+        eps = check.noise(eps, n_samples, x.shape[0], self.latent_dim, rng, self.dtype)
+        L, B, Z = eps.shape
+        f = self._forward(x, eps)
+        loss = -(f["rec"].mean(axis=0) - beta * f["kl"]).mean()
+
+        # --- backward: decoder (Eq. B7). d loss / d log p(x|z_bl) = -1 / (L B).
+        scale = -1.0 / (L * B)
+        d_out = self.likelihood.grad(x, f["out"])
+        dh = None
+        for name, layer in self.dec_heads.items():
+            g = layer.backward((d_out[name] * scale).reshape(L * B, self.input_dim))
+            dh = g if dh is None else dh + g
+        dz = self.decoder.backward(dh).reshape(L, B, Z)
+
+        # --- encoder: the data term through the reparameterization (Eq. R2) ...
+        dmu, dlogvar = reparameterize_backward(dz, f["logvar"], eps)
+        # ... plus beta times the analytic KL gradient (Eq. K3), averaged over the batch.
+        kl_dmu, kl_dlogvar = kl_diag_gaussian_standard_grad(f["mu"], f["logvar"])
+        dmu = dmu + (beta / B) * kl_dmu
+        dlogvar = dlogvar + (beta / B) * kl_dlogvar
+        dh = self.enc_heads["mu"].backward(dmu) + self.enc_heads["logvar"].backward(dlogvar)
+        self.encoder.backward(dh)
+
+        return float(loss), self._collect_grads()
+
+    def _collect_grads(self):
+        grads = {f"enc.{k}": v for k, v in self.encoder.named_grads().items()}
+        for head, layer in self.enc_heads.items():
+            grads.update({f"enc.{head}.{k}": v for k, v in layer.grads.items()})
+        grads.update({f"dec.{k}": v for k, v in self.decoder.named_grads().items()})
+        for head, layer in self.dec_heads.items():
+            grads.update({f"dec.{head}.{k}": v for k, v in layer.grads.items()})
+        return grads
+
+    # ------------------------------------------------------------------ evaluation
+
+    def log_likelihood(self, x, n_importance=1000, rng=None, chunk_size=None):
+        """Importance-weighted estimate of log p(x), shape (B,).   Eq. (I2), docs/importance.md
+
+            log p(x) ~= log 1/K sum_k  p(x | z_k) p(z_k) / q(z_k | x),   z_k ~ q(z | x)
+
+        computed with log-sum-exp over the K log-weights. The K samples are processed
+        ``chunk_size`` at a time (default: about 64 MB of decoder output per chunk), so
+        memory stays bounded for any K. Its expectation is a lower bound on log p(x)
+        that tightens to log p(x) as K grows, and it is never below the ELBO in expectation.
+        """
+        x = self._check_x(x)
+        K = check.check_positive_int(n_importance, "n_importance")
+        check.check_rng(rng)
+        B = x.shape[0]
+        if chunk_size is None:
+            per_sample = B * self.input_dim * self.dtype.itemsize * (1 + len(self.dec_heads))
+            chunk_size = max(1, min(K, (64 << 20) // max(per_sample, 1)))
+        chunk_size = check.check_positive_int(chunk_size, "chunk_size")
+
+        mu, logvar = self._encode(x)
+        log_sum = np.full(B, -np.inf)
+        for start in range(0, K, chunk_size):
+            k = min(chunk_size, K - start)
+            eps = rng.standard_normal((k, B, self.latent_dim), dtype=self.dtype)
+            z = reparameterize(mu, logvar, eps)
+            out = self._decode_outputs(z.reshape(k * B, self.latent_dim))
+            out = {name: v.reshape(k, B, self.input_dim) for name, v in out.items()}
+            # log q(z|x) from eps directly: z - mu = sigma * eps, so the quadratic term is eps^2.
+            log_q = -0.5 * np.sum(LOG_2PI + logvar + eps * eps, axis=-1)
+            log_w = self.likelihood.log_prob(x, out) + log_standard_normal(z) - log_q   # (k, B)
+            m = np.max(log_w, axis=0)
+            log_sum = np.logaddexp(log_sum, m + np.log(np.sum(np.exp(log_w - m), axis=0)))
+        return (log_sum - math.log(K)).astype(self.dtype)

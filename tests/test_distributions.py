@@ -1,0 +1,216 @@
+"""Distributions: log-densities against scipy.stats, KLs against Monte Carlo and each other,
+the reparameterized sampler against its moments, and every gradient against finite
+differences. The objective is tested against independent facts because a gradient check
+cannot see a wrong objective (log sigma for log sigma^2, sigma for the variance, ...)."""
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+from hypothesis.extra.numpy import arrays
+from scipy import stats
+
+from numpyvae import distributions as dist
+from numpyvae.gradcheck import numerical_gradient, rel_error
+
+finite = st.floats(-5, 5, allow_nan=False)
+
+
+# ----------------------------------------------------------------- log-densities
+
+def test_bernoulli_matches_scipy():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((4, 7)) * 3
+    x = (rng.random((4, 7)) < 0.5).astype(float)
+    p = 1 / (1 + np.exp(-logits))
+    expected = stats.bernoulli.logpmf(x, p).sum(axis=1)
+    np.testing.assert_allclose(dist.bernoulli_log_likelihood(x, logits), expected, rtol=1e-12)
+
+
+def test_bernoulli_stable_for_extreme_logits():
+    logits = np.array([[1e4, -1e4, 1e4, -1e4]])
+    x = np.array([[1.0, 0.0, 0.0, 1.0]])
+    ll = dist.bernoulli_log_likelihood(x, logits)
+    # log sigmoid(1e4) = 0, log(1 - sigmoid(-1e4)) = 0, log(1 - sigmoid(1e4)) = -1e4, log sigmoid(-1e4) = -1e4
+    np.testing.assert_allclose(ll, [-2e4], rtol=1e-12)
+    g = dist.bernoulli_log_likelihood_grad(x, logits)
+    np.testing.assert_allclose(g, [[0.0, 0.0, -1.0, 1.0]], atol=1e-12)
+    ll32 = dist.bernoulli_log_likelihood(x.astype(np.float32), logits.astype(np.float32))
+    assert ll32.dtype == np.float32 and np.isfinite(ll32).all()
+
+
+@given(logits=arrays(np.float64, (3, 5), elements=st.floats(-1e4, 1e4)),
+       x=arrays(np.float64, (3, 5), elements=st.floats(0, 1)))
+def test_bernoulli_finite_and_nonpositive_for_binary(logits, x):
+    ll = dist.bernoulli_log_likelihood(np.round(x), logits)
+    assert np.all(np.isfinite(ll)) and np.all(ll <= 0)
+    assert np.all(np.isfinite(dist.bernoulli_log_likelihood(x, logits)))
+
+
+def test_gaussian_fixed_matches_scipy():
+    rng = np.random.default_rng(1)
+    x, m = rng.standard_normal((3, 6)), rng.standard_normal((3, 6))
+    var = 0.3
+    expected = stats.norm.logpdf(x, loc=m, scale=np.sqrt(var)).sum(axis=1)
+    np.testing.assert_allclose(dist.gaussian_log_likelihood(x, m, var), expected, rtol=1e-12)
+    assert dist.gaussian_log_likelihood(x.astype(np.float32), m.astype(np.float32), var).dtype == np.float32
+
+
+def test_log_normal_diag_matches_scipy():
+    rng = np.random.default_rng(2)
+    x, mu, logvar = rng.standard_normal((3, 4, 5))
+    expected = stats.multivariate_normal(mu[0], np.diag(np.exp(logvar[0]))).logpdf(x)
+    np.testing.assert_allclose(dist.log_normal_diag(x, mu[0], logvar[0]), expected, rtol=1e-12)
+    np.testing.assert_allclose(dist.log_standard_normal(x),
+                               stats.multivariate_normal(np.zeros(5)).logpdf(x), rtol=1e-12)
+
+
+def test_log_mean_exp():
+    a = np.array([[-1000.0, 0.0], [-1001.0, 1.0], [-1002.0, 2.0]])
+    naive_shifted = np.log(np.mean(np.exp(a[:, 0] + 1000))) - 1000
+    np.testing.assert_allclose(dist.log_mean_exp(a, axis=0), [naive_shifted, np.log(np.mean(np.exp(a[:, 1])))])
+    assert np.all(np.isfinite(dist.log_mean_exp(np.array([1e4, 1e4]))))
+    assert dist.log_mean_exp(np.array([-np.inf, -np.inf])) == -np.inf
+
+
+# ----------------------------------------------------------------- KL divergences
+
+def test_kl_standard_against_monte_carlo():
+    """KL(q||p) = E_q[log q(z) - log p(z)]: a Monte Carlo average with its standard error.
+    With logvar far from 0, log sigma in place of log sigma^2 changes the KL by ~1 nat,
+    dozens of standard errors, so the test cannot miss that slip."""
+    rng = np.random.default_rng(3)
+    mu, logvar = np.array([0.5, -1.0, 2.0]), np.array([1.0, -2.0, -1.5])
+    z = mu + np.exp(0.5 * logvar) * rng.standard_normal((200_000, 3))
+    samples = dist.log_normal_diag(z, mu, logvar) - dist.log_standard_normal(z)
+    mc, se = samples.mean(), samples.std() / np.sqrt(len(samples))
+    kl = dist.kl_diag_gaussian_standard(mu, logvar)
+    assert abs(kl - mc) < 4 * se, (kl, mc, se)
+    wrong = 0.5 * np.sum(mu ** 2 + np.exp(logvar) - 1 - 0.5 * logvar)  # log sigma slip
+    assert abs(wrong - mc) > 20 * se  # the slip shifts the KL by sum(logvar)/4 = -0.625 nats
+
+
+@given(mu=arrays(np.float64, (4, 3), elements=finite), logvar=arrays(np.float64, (4, 3), elements=finite))
+def test_kl_nonnegative_and_zero_only_at_prior(mu, logvar):
+    kl = dist.kl_diag_gaussian_standard(mu, logvar)
+    assert np.all(kl >= 0)
+    assert np.all(dist.kl_diag_gaussian_standard(np.zeros((2, 3)), np.zeros((2, 3))) == 0.0)
+    far = (np.abs(mu).max(axis=1) > 1e-3) | (np.abs(logvar).max(axis=1) > 1e-3)
+    assert np.all(kl[far] > 0)
+
+
+@given(mu_q=arrays(np.float64, 3, elements=finite), lv_q=arrays(np.float64, 3, elements=finite),
+       mu_p=arrays(np.float64, 3, elements=finite), lv_p=arrays(np.float64, 3, elements=finite))
+def test_kl_diag_agrees_with_full_and_standard(mu_q, lv_q, mu_p, lv_p):
+    diag = dist.kl_diag_gaussians(mu_q, lv_q, mu_p, lv_p)
+    full = dist.kl_full_gaussians(mu_q, np.diag(np.exp(lv_q)), mu_p, np.diag(np.exp(lv_p)))
+    assert diag >= -1e-9
+    np.testing.assert_allclose(diag, full, rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(dist.kl_diag_gaussians(mu_q, lv_q, 0 * mu_p, 0 * lv_p),
+                               dist.kl_diag_gaussian_standard(mu_q, lv_q), rtol=1e-10, atol=1e-12)
+
+
+def test_kl_full_against_monte_carlo_and_batching():
+    rng = np.random.default_rng(4)
+    A, C = rng.standard_normal((2, 3, 3))
+    cov_q, cov_p = A @ A.T + 0.5 * np.eye(3), C @ C.T + 0.5 * np.eye(3)
+    mu_q, mu_p = rng.standard_normal((2, 3))
+    q, p = stats.multivariate_normal(mu_q, cov_q), stats.multivariate_normal(mu_p, cov_p)
+    z = q.rvs(200_000, random_state=rng)
+    s = q.logpdf(z) - p.logpdf(z)
+    kl = dist.kl_full_gaussians(mu_q, cov_q, mu_p, cov_p)
+    assert abs(kl - s.mean()) < 4 * s.std() / np.sqrt(len(s))
+    assert dist.kl_full_gaussians(mu_q, cov_q, mu_q, cov_q) == pytest.approx(0.0, abs=1e-12)
+    batched = dist.kl_full_gaussians(np.stack([mu_q, mu_p]), np.stack([cov_q, cov_p]), mu_p, cov_p)
+    np.testing.assert_allclose(batched, [kl, 0.0], atol=1e-12)
+    with pytest.raises(ValueError, match="positive definite"):
+        dist.kl_full_gaussians(mu_q, -cov_q, mu_p, cov_p)
+    with pytest.raises(ValueError, match="expected means"):
+        dist.kl_full_gaussians(mu_q, cov_q[:2, :2], mu_p, cov_p)
+
+
+def test_kl_standard_grad(grad_report):
+    rng = np.random.default_rng(5)
+    mu, logvar = rng.standard_normal((2, 4, 3))
+    dmu, dlv = dist.kl_diag_gaussian_standard_grad(mu, logvar)
+    f = lambda: dist.kl_diag_gaussian_standard(mu, logvar).sum()  # noqa: E731
+    grad_report("distributions.kl_diag_gaussian_standard",
+                {"mu": rel_error(dmu, numerical_gradient(f, mu)),
+                 "logvar": rel_error(dlv, numerical_gradient(f, logvar))})
+
+
+def test_kl_diag_gaussians_grad(grad_report):
+    rng = np.random.default_rng(6)
+    args = list(rng.standard_normal((4, 3, 2)))
+    grads = dist.kl_diag_gaussians_grad(*args)
+    f = lambda: dist.kl_diag_gaussians(*args).sum()  # noqa: E731
+    grad_report("distributions.kl_diag_gaussians",
+                {i: rel_error(g, numerical_gradient(f, a)) for i, (g, a) in enumerate(zip(grads, args))})
+
+
+# ----------------------------------------------------------------- likelihood gradients
+
+def test_likelihood_grads(grad_report):
+    rng = np.random.default_rng(7)
+    x01 = rng.random((3, 5))
+    xr = rng.standard_normal((3, 5))
+    logits, mean, logvar = rng.standard_normal((3, 3, 5))
+    errs = {}
+    f = lambda: dist.bernoulli_log_likelihood(x01, logits).sum()  # noqa: E731
+    errs["bernoulli"] = rel_error(dist.bernoulli_log_likelihood_grad(x01, logits), numerical_gradient(f, logits))
+    f = lambda: dist.gaussian_log_likelihood(xr, mean, 0.4).sum()  # noqa: E731
+    errs["gaussian"] = rel_error(dist.gaussian_log_likelihood_grad(xr, mean, 0.4), numerical_gradient(f, mean))
+    dm, dlv = dist.log_normal_diag_grad(xr, mean, logvar)
+    f = lambda: dist.log_normal_diag(xr, mean, logvar).sum()  # noqa: E731
+    errs["learned.mean"] = rel_error(dm, numerical_gradient(f, mean))
+    errs["learned.logvar"] = rel_error(dlv, numerical_gradient(f, logvar))
+    for k, v in errs.items():
+        grad_report(f"distributions.likelihood.{k}", v)
+
+
+def test_likelihood_objects():
+    with pytest.raises(ValueError, match="unknown likelihood 'poisson'"):
+        dist.make_likelihood("poisson")
+    with pytest.raises(ValueError, match="obs_var must be a positive"):
+        dist.make_likelihood("gaussian", obs_var=0.0)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        dist.make_likelihood("bernoulli").check_targets(np.array([[0.5, 1.5]]))
+
+
+# ----------------------------------------------------------------- reparameterization
+
+def test_reparameterized_moments():
+    """Sample mean and variance of z = mu + exp(logvar/2) eps against mu and exp(logvar).
+    Tolerances: 5 standard errors of the sample mean (sigma / sqrt(N)) and of the sample
+    variance (sigma^2 sqrt(2 / (N - 1))). Using exp(logvar) as the standard deviation would
+    square the variance: for logvar = +-1.2 that is a factor e^{+-1.2}, hundreds of SEs."""
+    rng = np.random.default_rng(8)
+    mu, logvar = np.array([[0.3, -2.0, 1.0]]), np.array([[1.2, -1.2, 0.0]])
+    N = 100_000
+    z = dist.reparameterize(mu, logvar, rng.standard_normal((N, 1, 3)))[:, 0, :]
+    var = np.exp(logvar[0])
+    assert np.all(np.abs(z.mean(0) - mu[0]) < 5 * np.sqrt(var / N))
+    assert np.all(np.abs(z.var(0, ddof=1) - var) < 5 * var * np.sqrt(2 / (N - 1)))
+
+
+@given(mu=arrays(np.float64, (2, 3), elements=st.floats(-3, 3)),
+       logvar=arrays(np.float64, (2, 3), elements=st.floats(-3, 3)))
+def test_reparameterized_moments_property(mu, logvar):
+    # The same standardised eps for every example: the sample mean and variance of eps are
+    # pinned exactly, so z must have exactly mean mu and variance exp(logvar) (float rounding aside).
+    eps = np.random.default_rng(9).standard_normal((500, 1, 1))
+    eps = (eps - eps.mean()) / eps.std()
+    z = dist.reparameterize(mu, logvar, eps)
+    np.testing.assert_allclose(z.mean(0), mu, atol=1e-10)
+    np.testing.assert_allclose(z.var(0), np.exp(logvar), rtol=1e-9)
+
+
+def test_reparameterize_backward(grad_report):
+    rng = np.random.default_rng(10)
+    mu, logvar = rng.standard_normal((2, 4, 3))
+    eps, dz = rng.standard_normal((2, 5, 4, 3))
+    dmu, dlv = dist.reparameterize_backward(dz, logvar, eps)
+    assert dmu.shape == mu.shape and dlv.shape == logvar.shape
+    f = lambda: np.sum(dist.reparameterize(mu, logvar, eps) * dz)  # noqa: E731
+    grad_report("distributions.reparameterize",
+                {"mu": rel_error(dmu, numerical_gradient(f, mu)),
+                 "logvar": rel_error(dlv, numerical_gradient(f, logvar))})

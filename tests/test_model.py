@@ -1,0 +1,296 @@
+"""The VAE: every parameter gradient against finite differences for several architectures,
+the objective against closed forms on a linear-Gaussian model, and clear errors for bad input."""
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+from scipy import stats
+
+import numpyvae as nv
+from numpyvae.gradcheck import check_param_grads
+
+from conftest import relu_margin
+
+D, Z, B = 6, 3, 4
+LIKS = ["bernoulli", "gaussian", "gaussian-learned"]
+
+
+def make_data(likelihood, rng, batch=B, width=D):
+    if likelihood == "bernoulli":
+        return rng.random((batch, width))  # grey values in [0, 1]
+    return rng.standard_normal((batch, width))
+
+
+def randomise_biases(model, rng):
+    # Zero-initialised biases would hide a bias gradient that is wrong by a missing sum.
+    for k, v in model.params.items():
+        if k.endswith(".b"):
+            v[:] = 0.3 * rng.standard_normal(v.shape)
+
+
+# ----------------------------------------------------------------- gradient checks
+
+GRID = list(itertools.product(LIKS, [(), (5,), (5, 4)], [1, 3], [1.0, 0.37]))
+
+
+@pytest.mark.parametrize("case", range(len(GRID)), ids=[f"{a}-{b}-L{c}-beta{d}" for a, b, c, d in GRID])
+def test_vae_gradients(case, grad_report):
+    likelihood, hidden, L, beta = GRID[case]
+    rng = np.random.default_rng(case)
+    model = nv.VAE(D, hidden, Z, likelihood=likelihood, obs_var=0.7, activation="tanh", seed=1,
+                   dtype=np.float64)
+    randomise_biases(model, rng)
+    x, eps = make_data(likelihood, rng), rng.standard_normal((L, B, Z))
+    loss, grads = model.loss_and_grads(x, eps=eps, n_samples=L, beta=beta)
+    errors = check_param_grads(lambda: model.loss_and_grads(x, eps=eps, n_samples=L, beta=beta)[0],
+                               model.params, grads)
+    grad_report(f"VAE[{likelihood}]", errors)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "sigmoid", "softplus"])
+def test_vae_gradients_each_activation(activation, grad_report):
+    rng = np.random.default_rng(11)
+    model = nv.VAE(D, (5, 4), Z, likelihood="bernoulli", activation=activation, seed=2, dtype=np.float64)
+    randomise_biases(model, rng)
+    x, eps = make_data("bernoulli", rng), rng.standard_normal((2, B, Z))
+    loss, grads = model.loss_and_grads(x, eps=eps, n_samples=2, beta=0.5)
+    if activation == "relu":
+        assert relu_margin(model) > 1e-4, "data too close to a ReLU kink for finite differences"
+    errors = check_param_grads(lambda: model.loss_and_grads(x, eps=eps, n_samples=2, beta=0.5)[0],
+                               model.params, grads)
+    grad_report(f"VAE[activation={activation}]", errors)
+
+
+def test_loss_is_minus_mean_elbo_and_beta_weights_kl():
+    rng = np.random.default_rng(12)
+    model = nv.VAE(D, (5,), Z, seed=0, dtype=np.float64)
+    x, eps = make_data("bernoulli", rng), rng.standard_normal((3, B, Z))
+    terms = model.elbo_terms(x, eps=eps, n_samples=3)
+    np.testing.assert_allclose(terms["elbo"], terms["rec"] - terms["kl"])
+    loss1, _ = model.loss_and_grads(x, eps=eps, n_samples=3, beta=1.0)
+    loss_b, _ = model.loss_and_grads(x, eps=eps, n_samples=3, beta=0.25)
+    assert loss1 == pytest.approx(-terms["elbo"].mean(), rel=1e-12)
+    assert loss_b == pytest.approx(-(terms["rec"] - 0.25 * terms["kl"]).mean(), rel=1e-12)
+    loss0, grads0 = model.loss_and_grads(x, eps=eps, n_samples=3, beta=0.0)
+    assert loss0 == pytest.approx(-terms["rec"].mean(), rel=1e-12)
+
+
+def test_elbo_is_average_over_samples():
+    """n_samples=L averages the L single-sample ELBOs (the KL is analytic, shared)."""
+    rng = np.random.default_rng(13)
+    model = nv.VAE(D, (5,), Z, seed=0, dtype=np.float64)
+    x, eps = make_data("bernoulli", rng), rng.standard_normal((4, B, Z))
+    singles = [model.elbo(x, eps=eps[l:l + 1]) for l in range(4)]
+    np.testing.assert_allclose(model.elbo(x, eps=eps, n_samples=4), np.mean(singles, axis=0), rtol=1e-12)
+
+
+def test_gradients_not_overwritten_by_later_calls():
+    rng = np.random.default_rng(14)
+    model = nv.VAE(D, (5,), Z, seed=0, dtype=np.float64)
+    x = make_data("bernoulli", rng)
+    _, g1 = model.loss_and_grads(x, rng=np.random.default_rng(0))
+    kept = {k: v.copy() for k, v in g1.items()}
+    model.loss_and_grads(x, rng=np.random.default_rng(1))
+    assert all(np.array_equal(g1[k], kept[k]) for k in g1)
+
+
+def test_params_are_live():
+    model = nv.VAE(D, (5,), Z, likelihood="gaussian", seed=0, dtype=np.float64)
+    z = np.ones((2, Z))
+    before = model.decode(z)
+    model.params["dec.out.b"] += 1.0
+    np.testing.assert_allclose(model.decode(z), before + 1.0)
+
+
+def test_decode_means():
+    rng = np.random.default_rng(15)
+    z = rng.standard_normal((3, Z))
+    m = nv.VAE(D, (5,), Z, likelihood="bernoulli", seed=0, dtype=np.float64)
+    logits = m._decode_outputs(z)["out"]
+    np.testing.assert_allclose(m.decode(z), 1 / (1 + np.exp(-logits)))
+    g = nv.VAE(D, (5,), Z, likelihood="gaussian-learned", seed=0, dtype=np.float64)
+    np.testing.assert_allclose(g.decode(z), g._decode_outputs(z)["out"])
+    assert m.sample(7, np.random.default_rng(0)).shape == (7, D)
+    assert m.reconstruct(make_data("bernoulli", rng)).shape == (B, D)
+
+
+@pytest.mark.parametrize("likelihood", LIKS)
+def test_float32_end_to_end(likelihood):
+    rng = np.random.default_rng(16)
+    model = nv.VAE(D, (5,), Z, likelihood=likelihood, seed=0, dtype=np.float32)
+    x = make_data(likelihood, rng)  # float64 input is cast once, explicitly, to the model dtype
+    assert all(v.dtype == np.float32 for v in model.params.values())
+    mu, logvar = model.encode(x)
+    assert mu.dtype == logvar.dtype == np.float32
+    assert model.elbo(x, rng=rng, n_samples=2).dtype == np.float32
+    loss, grads = model.loss_and_grads(x, rng=rng, n_samples=2)
+    assert all(g.dtype == np.float32 for g in grads.values()), {k: g.dtype for k, g in grads.items()}
+    assert model.log_likelihood(x, n_importance=5, rng=rng).dtype == np.float32
+    # float32 and float64 copies of the same model agree to float32 precision
+    m64 = nv.VAE(D, (5,), Z, likelihood=likelihood, seed=0, dtype=np.float64)
+    eps = rng.standard_normal((2, B, Z))
+    np.testing.assert_allclose(model.elbo(x, eps=eps, n_samples=2), m64.elbo(x, eps=eps, n_samples=2),
+                               rtol=1e-4, atol=1e-3)
+
+
+# ----------------------------------------------------------------- linear-Gaussian facts
+
+def exact_moments_eps(L, Z, rng):
+    """Noise whose empirical mean is exactly 0 and empirical covariance exactly I. For a
+    quadratic integrand (a linear-Gaussian model's log-likelihood) the Monte Carlo average
+    over these points equals the expectation exactly, so the ELBO has no sampling error."""
+    e = rng.standard_normal((L, Z))
+    e -= e.mean(0)
+    chol = np.linalg.cholesky(e.T @ e / L)
+    return np.linalg.solve(chol, e.T).T
+
+
+def linear_gaussian(W, b, lam, enc_W=None, enc_b=None, logvar=None):
+    """hidden_dims=() gaussian VAE with decoder x = z @ W + b + N(0, lam I)."""
+    Zd, Dd = W.shape
+    m = nv.VAE(Dd, (), Zd, likelihood="gaussian", obs_var=lam, seed=0, dtype=np.float64)
+    m.params["dec.out.W"][:] = W
+    m.params["dec.out.b"][:] = b
+    if enc_W is not None:
+        m.params["enc.mu.W"][:] = enc_W
+        m.params["enc.mu.b"][:] = enc_b
+        m.params["enc.logvar.W"][:] = 0.0
+        m.params["enc.logvar.b"][:] = logvar
+    return m
+
+
+def exact_log_px(x, W, b, lam):
+    """log N(x; b, W^T W + lam I): with x = z @ W + b + noise, Cov x = W^T W + lam I."""
+    cov = W.T @ W + lam * np.eye(W.shape[1])
+    return stats.multivariate_normal(b, cov).logpdf(x)
+
+
+def exact_posterior_1d(W, b, lam):
+    """For a 1-D latent, p(z|x) = N(s2 w.(x - b)/lam, s2) with s2 = 1 / (1 + w.w/lam):
+    a linear function of x with constant variance, which a linear encoder represents exactly."""
+    w = W[0]
+    s2 = 1.0 / (1.0 + w @ w / lam)
+    enc_W = (s2 * w / lam)[:, None]
+    return enc_W, -(b @ enc_W), np.log(s2)
+
+
+@given(seed=st.integers(0, 2**31 - 1), lam=st.floats(0.05, 3.0), z_dim=st.integers(1, 3))
+def test_elbo_below_exact_log_px(seed, lam, z_dim):
+    rng = np.random.default_rng(seed)
+    Dd = 5
+    W, b = rng.standard_normal((z_dim, Dd)), rng.standard_normal(Dd)
+    m = linear_gaussian(W, b, lam)
+    for k, v in m.params.items():
+        if k.startswith("enc."):
+            v[:] = rng.standard_normal(v.shape) * 0.5
+    x = rng.standard_normal((3, Dd)) * 2
+    eps = np.broadcast_to(exact_moments_eps(50, z_dim, rng)[:, None, :], (50, 3, z_dim))
+    elbo = m.elbo(x, eps=eps, n_samples=50)
+    log_px = exact_log_px(x, W, b, lam)
+    assert np.all(elbo <= log_px + 1e-9 * np.abs(log_px)), (elbo, log_px)
+
+
+@given(seed=st.integers(0, 2**31 - 1), lam=st.floats(0.05, 3.0))
+def test_elbo_equals_log_px_at_exact_posterior(seed, lam):
+    rng = np.random.default_rng(seed)
+    W, b = rng.standard_normal((1, 5)), rng.standard_normal(5)
+    m = linear_gaussian(W, b, lam, *exact_posterior_1d(W, b, lam))
+    x = rng.standard_normal((4, 5)) * 2
+    eps = np.broadcast_to(exact_moments_eps(20, 1, rng)[:, None, :], (20, 4, 1))
+    np.testing.assert_allclose(m.elbo(x, eps=eps, n_samples=20), exact_log_px(x, W, b, lam),
+                               rtol=1e-10, atol=1e-9)
+    # Every importance weight equals p(x) when q is the exact posterior: zero-variance estimate.
+    np.testing.assert_allclose(m.log_likelihood(x, n_importance=7, rng=rng), exact_log_px(x, W, b, lam),
+                               rtol=1e-10, atol=1e-9)
+
+
+def test_gap_is_kl_to_posterior_and_importance_sampling_closes_it():
+    """log p(x) - ELBO = KL(q(z|x) || p(z|x)) (Eq. (E3)); with K importance samples the gap
+    shrinks towards 0. Tolerances: 4 standard errors of the mean over 400 datapoints."""
+    rng = np.random.default_rng(17)
+    lam = 0.5
+    W, b = rng.standard_normal((1, 5)), rng.standard_normal(5)
+    enc_W, enc_b, s2_log = exact_posterior_1d(W, b, lam)
+    # A deliberately imperfect encoder: mean shifted by 0.4, variance doubled.
+    m = linear_gaussian(W, b, lam, enc_W, enc_b + 0.4, s2_log + np.log(2.0))
+    x = (rng.standard_normal((400, 1)) @ W + b + np.sqrt(lam) * rng.standard_normal((400, 5)))
+    log_px = exact_log_px(x, W, b, lam)
+    true_gap = nv.kl_diag_gaussians(np.full(1, 0.4), np.full(1, s2_log + np.log(2.0)),
+                                    np.zeros(1), np.full(1, s2_log))  # same for every x
+    gaps = {}
+    for K in (1, 10, 1000):
+        g = log_px - m.log_likelihood(x, n_importance=K, rng=np.random.default_rng(K))
+        gaps[K] = (g.mean(), g.std() / np.sqrt(len(g)))
+    mean1, se1 = gaps[1]
+    assert abs(mean1 - true_gap) < 4 * se1, (gaps[1], true_gap)
+    assert gaps[10][0] < mean1 - 4 * se1
+    assert 0 <= gaps[1000][0] + 4 * gaps[1000][1] and gaps[1000][0] < 0.01 < true_gap
+    np.testing.assert_allclose(m.log_likelihood(x[:5], 200, rng=np.random.default_rng(0), chunk_size=7),
+                               m.log_likelihood(x[:5], 200, rng=np.random.default_rng(0), chunk_size=200),
+                               rtol=1e-12)
+
+
+# ----------------------------------------------------------------- bad input
+
+@pytest.fixture
+def model():
+    return nv.VAE(D, (5,), Z, seed=0, dtype=np.float64)
+
+
+def test_bad_inputs(model):
+    rng = np.random.default_rng(0)
+    good = rng.random((B, D))
+    cases = [
+        (ValueError, "must have 6 columns", dict(x=rng.random((B, D + 1)))),
+        (ValueError, "must be 2-D", dict(x=rng.random(D))),
+        (ValueError, "must be 2-D", dict(x=rng.random((1, B, D)))),
+        (ValueError, "NaN or inf", dict(x=np.where(good > 0.5, np.nan, good))),
+        (ValueError, "NaN or inf", dict(x=np.full((B, D), np.inf))),
+        (ValueError, r"\[0, 1\]", dict(x=good + 1.0)),
+        (ValueError, r"\[0, 1\]", dict(x=-good)),
+        (TypeError, "real numeric", dict(x=np.array([["a"] * D] * B))),
+        (ValueError, r"eps must have shape .* \(2, 4, 3\)", dict(x=good, eps=np.zeros((1, B, Z)), n_samples=2)),
+        (ValueError, r"eps must have shape", dict(x=good, eps=np.zeros((B, Z)))),
+        (ValueError, "pass rng", dict(x=good)),
+        (TypeError, "Generator", dict(x=good, rng=np.random.RandomState(0))),
+        (ValueError, "n_samples must be a positive integer", dict(x=good, n_samples=0, rng=rng)),
+    ]
+    for exc, msg, kwargs in cases:
+        for call in (model.elbo, model.loss_and_grads):
+            with pytest.raises(exc, match=msg):
+                call(**kwargs)
+    with pytest.raises(ValueError, match="must have 3 columns"):
+        model.decode(np.zeros((2, Z + 1)))
+    with pytest.raises(ValueError, match="must have 6 columns"):
+        model.encode(np.zeros((2, D - 1)))
+
+
+def test_bad_constructor_and_estimator_names(model):
+    x = np.random.default_rng(0).random((B, D))
+    with pytest.raises(ValueError, match="unknown likelihood 'laplace'"):
+        nv.VAE(D, (5,), Z, likelihood="laplace")
+    with pytest.raises(ValueError, match="unknown activation 'gelu'"):
+        nv.VAE(D, (5,), Z, activation="gelu")
+    with pytest.raises(TypeError, match="float32 or np.float64"):
+        nv.VAE(D, (5,), Z, dtype=np.float16)
+    with pytest.raises(ValueError, match="input_dim must be a positive integer"):
+        nv.VAE(0, (5,), Z)
+    with pytest.raises(ValueError, match="hidden width"):
+        nv.VAE(D, (5, -1), Z)
+    with pytest.raises(ValueError, match="unknown estimator 'magic'.*reparam"):
+        model.loss_and_grads(x, rng=np.random.default_rng(0), estimator="magic")
+    with pytest.raises(ValueError, match="beta must be"):
+        model.loss_and_grads(x, rng=np.random.default_rng(0), beta=-1.0)
+
+
+def test_randomness_only_from_generator(model):
+    x = np.random.default_rng(0).random((B, D))
+    a = model.elbo(x, rng=np.random.default_rng(5), n_samples=3)
+    np.random.seed(123)
+    b = model.elbo(x, rng=np.random.default_rng(5), n_samples=3)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, model.elbo(x, rng=np.random.default_rng(6), n_samples=3))
+    m1, m2 = nv.VAE(D, (5,), Z, seed=3), nv.VAE(D, (5,), Z, seed=3)
+    assert all(np.array_equal(m1.params[k], m2.params[k]) for k in m1.params)
