@@ -271,24 +271,6 @@ def load_checkpoint(path, expected=None):
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint file not found: {path!r}")
 
-    # Look at the first bytes ourselves: np.load would answer "file contains
-    # pickled data" for any unknown content, which is misleading here.
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(6)
-    except OSError as e:
-        raise ValueError(f"cannot read checkpoint {path!r}: {e}") from e
-    if magic.startswith(b"\x93NUMPY"):
-        raise ValueError(
-            f"cannot load checkpoint {path!r}: it holds a single .npy array, "
-            "expected an .npz archive written by save_checkpoint"
-        )
-    if not magic.startswith(b"PK\x03\x04"):
-        raise ValueError(
-            f"cannot load checkpoint {path!r}: not an .npz (zip) archive "
-            f"(starts with {magic!r}; empty, truncated or not a checkpoint?)"
-        )
-
     def unreadable(e):
         return ValueError(
             f"cannot load checkpoint {path!r}: the .npz archive is damaged or holds "
@@ -298,19 +280,36 @@ def load_checkpoint(path, expected=None):
 
     # The errors a damaged file can raise, at open time or while reading a member.
     damaged = (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, KeyError)
+
     try:
-        loaded = np.load(path, allow_pickle=False)
-    except damaged as e:
-        raise unreadable(e) from e
-    if not isinstance(loaded, np.lib.npyio.NpzFile):  # cannot happen after the magic check
-        raise ValueError(f"cannot load checkpoint {path!r}: not an .npz archive")
-    arrays = {}
-    try:
-        with loaded as npz:
-            for name in npz.files:
-                arrays[name] = npz[name]  # reads the member into a fresh array
-    except damaged as e:
-        raise unreadable(e) from e
+        f = open(path, "rb")
+    except OSError as e:
+        raise ValueError(f"cannot read checkpoint {path!r}: {e}") from e
+    # We open the file ourselves, rather than passing np.load a path, because
+    # np.load leaks its file handle when the zip turns out to be damaged.
+    with f:
+        # Check the first bytes ourselves: for unknown content np.load would
+        # say "file contains pickled data", which is misleading here.
+        magic = f.read(6)
+        f.seek(0)
+        if magic.startswith(b"\x93NUMPY"):
+            raise ValueError(
+                f"cannot load checkpoint {path!r}: it holds a single .npy array, "
+                "expected an .npz archive written by save_checkpoint"
+            )
+        if not magic.startswith(b"PK\x03\x04"):
+            raise ValueError(
+                f"cannot load checkpoint {path!r}: not an .npz (zip) archive "
+                f"(starts with {magic!r}; empty, truncated or not a checkpoint?)"
+            )
+        arrays = {}
+        try:
+            with np.load(f, allow_pickle=False) as npz:
+                for name in npz.files:
+                    arrays[name] = npz[name]  # reads the member into a fresh array
+        except damaged as e:
+            raise unreadable(e) from e
+
     for name, value in arrays.items():
         if not isinstance(value, np.ndarray):  # NpzFile returns raw bytes for non-.npy members
             raise ValueError(f"checkpoint {path!r}: entry {name!r} is not a .npy array")

@@ -87,7 +87,7 @@ def kl_diag_gaussian_standard(mu, logvar):
 
 
 def kl_diag_gaussian_standard_grad(mu, logvar):
-    """Gradient of Eq. (K2): dKL/dmu = mu, dKL/dlogvar = (exp(logvar) - 1) / 2.   Eq. (K3)"""
+    """Gradient of Eq. (K2), docs/kl.md: dKL/dmu = mu, dKL/dlogvar = (exp(logvar) - 1) / 2.   Eq. (K3), docs/kl.md"""
     return mu.copy(), 0.5 * np.expm1(logvar)
 
 
@@ -103,7 +103,7 @@ def kl_diag_gaussians(mu_q, logvar_q, mu_p, logvar_p):
 
 
 def kl_diag_gaussians_grad(mu_q, logvar_q, mu_p, logvar_p):
-    """Gradient of Eq. (K4) with respect to its four arguments.   Eq. (K5), docs/kl.md
+    """Gradient of Eq. (K4), docs/kl.md with respect to its four arguments.   Eq. (K5), docs/kl.md
 
     Returns ``(d_mu_q, d_logvar_q, d_mu_p, d_logvar_p)``:
         d_mu_q     = (mu_q - mu_p) / var_p            d_mu_p = -d_mu_q
@@ -166,7 +166,7 @@ def log_normal_diag(x, mu, logvar):
 
 
 def log_normal_diag_grad(x, mu, logvar):
-    """Gradient of Eq. (G1) with respect to mu and logvar.   Eq. (G2), docs/distributions.md
+    """Gradient of Eq. (G1), docs/distributions.md with respect to mu and logvar.   Eq. (G2), docs/distributions.md
 
         d/dmu     = (x - mu) exp(-logvar)
         d/dlogvar = -1/2 + (x - mu)^2 exp(-logvar) / 2
@@ -177,12 +177,12 @@ def log_normal_diag_grad(x, mu, logvar):
 
 
 def log_standard_normal(z):
-    """log N(z; 0, I) summed over the last axis: -1/2 sum (log 2pi + z^2).   Eq. (G3)"""
+    """log N(z; 0, I) summed over the last axis: -1/2 sum (log 2pi + z^2).   Eq. (G3), docs/distributions.md"""
     return -0.5 * np.sum(LOG_2PI + z * z, axis=-1)
 
 
 def gaussian_log_likelihood(x, mean, var):
-    """log N(x; mean, var * I) with a fixed scalar variance (the seeds' lambda).   Eq. (G4)
+    """log N(x; mean, var * I) with a fixed scalar variance (the seeds' lambda).   Eq. (G4), docs/distributions.md
 
         log p(x|z) = -D/2 log(2 pi var) - ||x - mean||^2 / (2 var)
     """
@@ -193,7 +193,7 @@ def gaussian_log_likelihood(x, mean, var):
 
 
 def gaussian_log_likelihood_grad(x, mean, var):
-    """d/dmean of Eq. (G4): (x - mean) / var.   Eq. (G5)"""
+    """d/dmean of Eq. (G4), docs/distributions.md: (x - mean) / var.   Eq. (G5), docs/distributions.md"""
     return (x - mean) / var
 
 
@@ -214,7 +214,7 @@ def bernoulli_log_likelihood(x, logits):
 
 
 def bernoulli_log_likelihood_grad(x, logits):
-    """d/dlogits of Eq. (L1): x - sigmoid(logits).   Eq. (L2)"""
+    """d/dlogits of Eq. (L1), docs/distributions.md: x - sigmoid(logits).   Eq. (L2), docs/distributions.md"""
     return x - sigmoid(logits)
 
 

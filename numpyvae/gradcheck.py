@@ -1,7 +1,7 @@
 """Numerical gradient checking: the test every hand-written backward pass must pass.
 
 The analytic gradient from a backward pass is compared with central differences
-(docs/gradcheck.md, Eq. (C1)):
+(docs/gradcheck.md, Eq. (C1), docs/gradcheck.md):
 
     df/dtheta_i  ~=  ( f(theta + h e_i) - f(theta - h e_i) ) / (2 h)
 
@@ -14,7 +14,7 @@ Piecewise-linear units (ReLU) have kinks: if a pre-activation lies within h of 0
 difference quotient straddles the kink and disagrees with either one-sided derivative.
 Checks of ReLU networks therefore use inputs whose pre-activations keep clear of 0.
 
-Relative error (Eq. (C2)): for arrays a (analytic) and n (numerical),
+Relative error (Eq. (C2), docs/gradcheck.md): for arrays a (analytic) and n (numerical),
 
     rel_error(a, n) = max_i |a_i - n_i|  /  max( max_i |a_i|, max_i |n_i| )
 
@@ -34,7 +34,7 @@ __all__ = ["rel_error", "numerical_gradient", "numerical_gradient_array",
 
 
 def rel_error(a, n):
-    """Max-norm relative error between two arrays of the same shape, Eq. (C2)."""
+    """Max-norm relative error between two arrays of the same shape, Eq. (C2), docs/gradcheck.md."""
     a = np.asarray(a, dtype=np.float64)
     n = np.asarray(n, dtype=np.float64)
     if a.shape != n.shape:
@@ -56,7 +56,7 @@ def _require_float64(x, what):
 def numerical_gradient(f, x, h=1e-5):
     """Central-difference gradient of a scalar function ``f()`` with respect to the array
     ``x``, which ``f`` reads (x is perturbed in place, one entry at a time, then restored).
-    Eq. (C1). Returns an array shaped like x."""
+    Eq. (C1), docs/gradcheck.md. Returns an array shaped like x."""
     _require_float64(x, "arrays")
     grad = np.zeros_like(x)
     it = np.nditer(x, flags=["multi_index"], op_flags=[["readwrite"]])

@@ -66,7 +66,7 @@ class Linear:
     """Affine map y = x @ W + b.   Eq. (B1), docs/backprop.md
 
     Shapes: x (N, in), W (in, out), b (out,), y (N, out).
-    Backward (Eq. B2):  dW = x^T dy,  db = sum_n dy_n,  dx = dy W^T.
+    Backward (Eq. (B2), docs/backprop.md):  dW = x^T dy,  db = sum_n dy_n,  dx = dy W^T.
     """
 
     def __init__(self, in_features, out_features, rng, dtype=np.float64, init="glorot"):
@@ -100,7 +100,7 @@ class Linear:
 
 
 class Tanh:
-    """y = tanh(x);  dy/dx = 1 - y^2 (uses the output, so the cache is y).  Eq. (B3)"""
+    """y = tanh(x);  dy/dx = 1 - y^2 (uses the output, so the cache is y).  Eq. (B3), docs/backprop.md"""
 
     params = {}
     grads = {}
@@ -116,7 +116,7 @@ class Tanh:
 
 
 class ReLU:
-    """y = max(x, 0);  dy/dx = 1[x > 0] (the subgradient 0 is taken at x = 0).  Eq. (B4)"""
+    """y = max(x, 0);  dy/dx = 1[x > 0] (the subgradient 0 is taken at x = 0).  Eq. (B4), docs/backprop.md"""
 
     params = {}
     grads = {}
@@ -131,7 +131,7 @@ class ReLU:
 
 
 class Sigmoid:
-    """y = 1 / (1 + exp(-x));  dy/dx = y (1 - y).  Eq. (B6)"""
+    """y = 1 / (1 + exp(-x));  dy/dx = y (1 - y).  Eq. (B6), docs/backprop.md"""
 
     params = {}
     grads = {}
@@ -147,7 +147,7 @@ class Sigmoid:
 
 
 class Softplus:
-    """y = log(1 + exp(x));  dy/dx = sigmoid(x).  Eq. (B5)"""
+    """y = log(1 + exp(x));  dy/dx = sigmoid(x).  Eq. (B5), docs/backprop.md"""
 
     params = {}
     grads = {}

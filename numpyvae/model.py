@@ -1,7 +1,7 @@
 """The Variational Autoencoder: one minibatch from pixels to ELBO and back to every gradient.
 
-Generative model (docs/elbo.md, Eq. (1)):   z ~ N(0, I),   x | z ~ p_theta(x | z)
-Inference model (Eq. (E4)):                q_phi(z | x) = N(mu(x), diag(exp(logvar(x))))
+Generative model (docs/elbo.md, Eq. (E1), docs/elbo.md):   z ~ N(0, I),   x | z ~ p_theta(x | z)
+Inference model (Eq. (E4), docs/elbo.md):                q_phi(z | x) = N(mu(x), diag(exp(logvar(x))))
 
 The encoder is an MLP trunk followed by two Linear heads (mu and logvar); the decoder is
 an MLP trunk with the hidden widths reversed, followed by one Linear head per output of
@@ -13,7 +13,7 @@ Per datapoint, with L reparameterized samples z_l = mu + exp(logvar/2) * eps_l,
 
 with the KL in closed form, Eq. (K2), docs/kl.md. ``loss_and_grads`` returns
 loss = mean_b -( 1/L sum_l log p(x_b | z_bl) - beta * KL_b ) and its gradient with
-respect to every parameter, computed by the backward pass of docs/backprop.md, Eq. (B7).
+respect to every parameter, computed by the backward pass of docs/backprop.md, Eq. (B7), docs/backprop.md.
 """
 
 import math
@@ -153,12 +153,12 @@ class VAE:
         """
         L, B, Z = eps.shape
         mu, logvar = self._encode(x)
-        z = reparameterize(mu, logvar, eps)                      # Eq. (R1): (L, B, Z)
+        z = reparameterize(mu, logvar, eps)                      # Eq. (R1), docs/reparameterization.md: (L, B, Z)
         # The L samples are stacked into the batch axis: one matmul per layer for all of them.
         out = self._decode_outputs(z.reshape(L * B, Z))
         out_lbd = {k: v.reshape(L, B, self.input_dim) for k, v in out.items()}
         rec = self.likelihood.log_prob(x, out_lbd)               # (L, B), x broadcasts over L
-        kl = kl_diag_gaussian_standard(mu, logvar)               # Eq. (K2): (B,)
+        kl = kl_diag_gaussian_standard(mu, logvar)               # Eq. (K2), docs/kl.md: (B,)
         return {"mu": mu, "logvar": logvar, "z": z, "out": out_lbd, "rec": rec, "kl": kl}
 
     # ------------------------------------------------------------------ objectives
@@ -180,17 +180,19 @@ class VAE:
         """
         return self.elbo_terms(x, eps=eps, n_samples=n_samples, rng=rng)["elbo"]
 
-    def loss_and_grads(self, x, eps=None, n_samples=1, rng=None, estimator="reparam", beta=1.0):
+    def loss_and_grads(self, x, eps=None, n_samples=1, rng=None, estimator="reparam", beta=1.0,
+                       return_terms=False):
         """The minibatch loss and its gradient with respect to every parameter.
 
-            loss = 1/B sum_b -( 1/L sum_l log p(x_b | z_bl) - beta * KL_b )      Eq. (E7)
+            loss = 1/B sum_b -( 1/L sum_l log p(x_b | z_bl) - beta * KL_b )      Eq. (E7), docs/elbo.md
 
         ``estimator`` chooses how the data term's gradient reaches the encoder:
-        "reparam" differentiates through z = mu + sigma * eps (Eq. R2). The decoder's
+        "reparam" differentiates through z = mu + sigma * eps (Eq. (R2), docs/reparameterization.md). The decoder's
         gradient is pathwise in theta for every estimator.
 
         Returns ``(loss, grads)``: a Python float and a dict with exactly the keys and
-        shapes of ``self.params``.
+        shapes of ``self.params``. With ``return_terms=True`` also the per-datapoint
+        ``{"elbo", "rec", "kl"}`` of this forward pass (what a trainer reports, at no extra cost).
         """
         if not isinstance(estimator, str) or estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {estimator!r}; expected one of {list(ESTIMATORS)}")
@@ -207,7 +209,7 @@ class VAE:
         f = self._forward(x, eps)
         loss = -(f["rec"].mean(axis=0) - beta * f["kl"]).mean()
 
-        # --- backward: decoder (Eq. B7). d loss / d log p(x|z_bl) = -1 / (L B).
+        # --- backward: decoder (Eq. (B7), docs/backprop.md). d loss / d log p(x|z_bl) = -1 / (L B).
         scale = -1.0 / (L * B)
         d_out = self.likelihood.grad(x, f["out"])
         dh = None
@@ -216,15 +218,18 @@ class VAE:
             dh = g if dh is None else dh + g
         dz = self.decoder.backward(dh).reshape(L, B, Z)
 
-        # --- encoder: the data term through the reparameterization (Eq. R2) ...
+        # --- encoder: the data term through the reparameterization (Eq. (R2), docs/reparameterization.md) ...
         dmu, dlogvar = reparameterize_backward(dz, f["logvar"], eps)
-        # ... plus beta times the analytic KL gradient (Eq. K3), averaged over the batch.
+        # ... plus beta times the analytic KL gradient (Eq. (K3), docs/kl.md), averaged over the batch.
         kl_dmu, kl_dlogvar = kl_diag_gaussian_standard_grad(f["mu"], f["logvar"])
         dmu = dmu + (beta / B) * kl_dmu
         dlogvar = dlogvar + (beta / B) * kl_dlogvar
         dh = self.enc_heads["mu"].backward(dmu) + self.enc_heads["logvar"].backward(dlogvar)
         self.encoder.backward(dh)
 
+        if return_terms:
+            rec = f["rec"].mean(axis=0)
+            return float(loss), self._collect_grads(), {"elbo": rec - f["kl"], "rec": rec, "kl": f["kl"]}
         return float(loss), self._collect_grads()
 
     def _collect_grads(self):

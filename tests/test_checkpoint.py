@@ -3,8 +3,10 @@ Tests for numpyvae/checkpoint.py: exact round trips, atomic saves that
 survive interruption, and clear errors for every kind of bad file.
 """
 
+import gc
 import json
 import os
+import warnings
 import zipfile
 
 import numpy as np
@@ -275,6 +277,21 @@ def test_truncated_file_raises_clear_value_error(tmp_path):
         message = str(info.value)
         assert str(bad) in message
         assert "truncated" in message
+
+
+def test_failed_load_does_not_leak_the_file_handle(tmp_path):
+    # np.load(path) leaves its file open when the zip is damaged; an open
+    # handle would stop Windows from deleting or replacing the bad file.
+    good = tmp_path / "good.npz"
+    save_checkpoint(good, {"w": np.arange(100.0)}, {})
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(good.read_bytes()[:-30])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError):
+            load_checkpoint(bad)
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
 
 
 def test_corrupted_array_bytes_raise_value_error(tmp_path):

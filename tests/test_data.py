@@ -340,10 +340,14 @@ def test_download_rejects_wrong_md5_and_leaves_no_file(tmp_path, mirror, monkeyp
     assert leftovers(cache) == []
 
 
-def test_download_rejects_wrong_size(tmp_path, mirror):
-    (mirror / "t10k-labels-idx1-ubyte.gz").write_bytes(b"x" * 10_000)
+@pytest.mark.parametrize("blob, message", [
+    (b"x" * 10_000, "more than the expected 4542 bytes"),  # aborted while streaming
+    (LABELS_GZ.read_bytes()[:-1], "got 4541 bytes, expected 4542"),  # cut short
+])
+def test_download_rejects_wrong_size(tmp_path, mirror, blob, message):
+    (mirror / "t10k-labels-idx1-ubyte.gz").write_bytes(blob)
     cache = tmp_path / "cache"
-    with pytest.raises(RuntimeError, match="expected 4542 bytes"):
+    with pytest.raises(RuntimeError, match=message):
         data.download_mnist(cache, base_urls=[url_of(mirror)])
     assert not (cache / "t10k-labels-idx1-ubyte.gz").exists() and leftovers(cache) == []
 

@@ -258,10 +258,11 @@ def test_mismatched_shape_raises_and_names_the_key(make_opt):
 
 @pytest.mark.parametrize("make_opt", OPTIMISERS)
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_gradient_raises_and_leaves_everything_untouched(make_opt, bad):
+@pytest.mark.parametrize("clip_norm", [None, 5.0])
+def test_non_finite_gradient_raises_and_leaves_everything_untouched(make_opt, bad, clip_norm):
     rng = np.random.default_rng(10)
     params = make_params(rng)
-    opt = make_opt(params, clip_norm=5.0)
+    opt = make_opt(params, clip_norm=clip_norm)
     opt.step(random_grads(rng, params))  # non-trivial state first
     params_before = {k: p.copy() for k, p in params.items()}
     state_before = opt.state_dict()
