@@ -21,6 +21,7 @@ from . import __version__
 from .checkpoint import atomic_write_json
 from .data import DATASET_NAMES, load_dataset
 from .distributions import LIKELIHOODS
+from .estimators import BASELINES
 from .layers import ACTIVATIONS
 from .model import ESTIMATORS, VAE
 from .training import (BINARIZE_MODES, CHECKPOINT, TrainConfig, evaluate_elbo, fixed_test_noise,
@@ -79,7 +80,11 @@ def build_parser():
     t.add_argument("--lr", type=_positive_float, default=d["lr"])
     t.add_argument("--optimizer", default=d["optimizer"], choices=["adam", "sgd"])
     t.add_argument("--samples", type=_positive_int, default=d["samples"], help="L, samples of z per datapoint")
-    t.add_argument("--estimator", default="reparam", choices=ESTIMATORS)
+    t.add_argument("--estimator", default="reparam", choices=ESTIMATORS,
+                   help="gradient estimator for the encoder: reparameterization, score function "
+                        "(REINFORCE), blocked (no reparameterization) or sticking-the-landing")
+    t.add_argument("--baseline", default="none", choices=BASELINES,
+                   help="control variate for --estimator score (loo needs --samples >= 2)")
     t.add_argument("--beta", type=float, default=d["beta"], help="weight on the KL term")
     t.add_argument("--warmup", type=float, default=d["warmup"],
                    help="KL warm-up: beta rises linearly from 0 over this many epochs")
@@ -189,7 +194,8 @@ def cmd_train(args):
         model = VAE(dataset.input_dim, tuple(args.hidden), args.latent_dim, likelihood=args.likelihood,
                     obs_var=args.obs_var, activation=args.activation, seed=args.seed, dtype=np.dtype(args.dtype))
         config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                             n_samples=args.samples, estimator=args.estimator, beta=args.beta,
+                             n_samples=args.samples, estimator=args.estimator, baseline=args.baseline,
+                             beta=args.beta,
                              warmup_epochs=args.warmup, binarize=args.binarize, clip_norm=args.clip_norm,
                              seed=args.seed)
         data = {"dataset": name, "data_dir": None if args.data_dir is None else os.path.abspath(args.data_dir)}

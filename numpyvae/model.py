@@ -25,14 +25,17 @@ from .distributions import (
     kl_diag_gaussian_standard, kl_diag_gaussian_standard_grad, log_standard_normal,
     make_likelihood, reparameterize, reparameterize_backward, LOG_2PI,
 )
+from .estimators import leave_one_out_baseline, score_function_grad, stl_path_grad_z
 from .layers import MLP, Linear
 
 __all__ = ["VAE", "ESTIMATORS"]
 
-# Gradient estimators of the encoder's share of the data term. Only "reparam" exists so
-# far; the others are named here so that asking for them gives a clear message.
+# How the data term's gradient reaches the encoder (docs/estimators.md):
+#   reparam  through z = mu + sigma * eps                       (pathwise)
+#   score    (f(z) - b) * d log q / d phi, f = log p(x|z)        (REINFORCE), optional baseline
+#   blocked  not at all: only the KL term trains the encoder     (no reparameterization)
+#   stl      pathwise, with the ELBO in its Monte Carlo entropy form and the score term dropped
 ESTIMATORS = ("reparam", "score", "blocked", "stl")
-_PLANNED = {"score", "blocked", "stl"}
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -181,24 +184,54 @@ class VAE:
         return self.elbo_terms(x, eps=eps, n_samples=n_samples, rng=rng)["elbo"]
 
     def loss_and_grads(self, x, eps=None, n_samples=1, rng=None, estimator="reparam", beta=1.0,
-                       return_terms=False):
+                       return_terms=False, baseline=None):
         """The minibatch loss and its gradient with respect to every parameter.
 
             loss = 1/B sum_b -( 1/L sum_l log p(x_b | z_bl) - beta * KL_b )      Eq. (E7), docs/elbo.md
 
-        ``estimator`` chooses how the data term's gradient reaches the encoder:
-        "reparam" differentiates through z = mu + sigma * eps (Eq. (R2), docs/reparameterization.md). The decoder's
-        gradient is pathwise in theta for every estimator.
+        ``estimator`` chooses how the data term's gradient reaches the encoder (see
+        ESTIMATORS and docs/estimators.md); the decoder's gradient is pathwise in theta and
+        the same for every estimator. The reported loss is the same number for every
+        estimator (analytic KL), so runs with different estimators are comparable.
+        ``baseline`` (estimator="score" only): None, "loo" (leave-one-out over the L samples,
+        needs L >= 2), or an object with ``value(x)`` and ``observe(x, f)`` such as
+        numpyvae.estimators.EMABaseline or LearnedBaseline (it is updated after the estimate).
 
         Returns ``(loss, grads)``: a Python float and a dict with exactly the keys and
         shapes of ``self.params``. With ``return_terms=True`` also the per-datapoint
         ``{"elbo", "rec", "kl"}`` of this forward pass (what a trainer reports, at no extra cost).
         """
+        loss, dmu, dlogvar, terms = self._loss_and_posterior_grads(x, eps, n_samples, rng, estimator, beta,
+                                                                   baseline)
+        # --- encoder backward: both heads feed the same trunk, so their input gradients add.
+        dh = self.enc_heads["mu"].backward(dmu) + self.enc_heads["logvar"].backward(dlogvar)
+        self.encoder.backward(dh)
+        if return_terms:
+            return loss, self._collect_grads(), terms
+        return loss, self._collect_grads()
+
+    def posterior_grads(self, x, eps=None, n_samples=1, rng=None, estimator="reparam", beta=1.0, baseline=None):
+        """Per-datapoint gradient estimates with respect to the posterior parameters.
+
+        Returns ``(d_mu, d_logvar)``, each (B, Z): row b is the estimator's gradient of datapoint
+        b's own loss  -(1/L sum_l log p(x_b|z_bl) - beta KL_b)  with respect to (mu_b, logvar_b),
+        i.e. B times what loss_and_grads sends into the encoder heads. Rows are independent
+        estimates, so a batch of R copies of one datapoint gives R independent draws of the
+        estimator in one vectorised call (numpyvae.variance uses this).
+        """
+        _, dmu, dlogvar, _ = self._loss_and_posterior_grads(x, eps, n_samples, rng, estimator, beta, baseline)
+        B = dmu.shape[0]
+        return dmu * B, dlogvar * B
+
+    def _loss_and_posterior_grads(self, x, eps, n_samples, rng, estimator, beta, baseline):
+        """Forward pass, decoder backward pass (filling the decoder's gradients) and the loss
+        gradient with respect to mu and logvar (B, Z). Returns (loss, dmu, dlogvar, terms)."""
         if not isinstance(estimator, str) or estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {estimator!r}; expected one of {list(ESTIMATORS)}")
-        if estimator in _PLANNED:
-            raise NotImplementedError(f"estimator {estimator!r} is not implemented yet; "
-                                      "use estimator='reparam'")
+        if baseline is not None and estimator != "score":
+            raise ValueError(f"a baseline only applies to estimator='score' (got estimator={estimator!r})")
+        if isinstance(baseline, str) and baseline != "loo":
+            raise ValueError(f"baseline must be None, 'loo' or a baseline object; got {baseline!r}")
         if isinstance(beta, bool) or not np.isscalar(beta) or not np.isfinite(beta) or beta < 0:
             raise ValueError(f"beta must be a finite number >= 0; got {beta!r}")
         beta = float(beta)
@@ -218,19 +251,34 @@ class VAE:
             dh = g if dh is None else dh + g
         dz = self.decoder.backward(dh).reshape(L, B, Z)
 
-        # --- encoder: the data term through the reparameterization (Eq. (R2), docs/reparameterization.md) ...
-        dmu, dlogvar = reparameterize_backward(dz, f["logvar"], eps)
-        # ... plus beta times the analytic KL gradient (Eq. (K3), docs/kl.md), averaged over the batch.
-        kl_dmu, kl_dlogvar = kl_diag_gaussian_standard_grad(f["mu"], f["logvar"])
-        dmu = dmu + (beta / B) * kl_dmu
-        dlogvar = dlogvar + (beta / B) * kl_dlogvar
-        dh = self.enc_heads["mu"].backward(dmu) + self.enc_heads["logvar"].backward(dlogvar)
-        self.encoder.backward(dh)
+        # --- encoder: the data term's gradient, by the chosen estimator ...
+        logvar = f["logvar"]
+        if estimator == "reparam":       # Eq. (R2), docs/reparameterization.md
+            dmu, dlogvar = reparameterize_backward(dz, logvar, eps)
+        elif estimator == "blocked":     # no path from the data term to phi
+            dmu, dlogvar = np.zeros_like(f["mu"]), np.zeros_like(logvar)
+        elif estimator == "score":       # Eq. (S1), docs/estimators.md
+            if baseline is None:
+                b = 0.0
+            elif isinstance(baseline, str):
+                b = leave_one_out_baseline(f["rec"])
+            else:
+                b = baseline.value(x)
+            dmu, dlogvar = score_function_grad(f["rec"], eps, logvar, b)
+            if baseline is not None and not isinstance(baseline, str):
+                baseline.observe(x, f["rec"])
+        else:                            # "stl", Eq. (T1), docs/estimators.md
+            dz_kl = stl_path_grad_z(eps, f["z"], logvar, beta) * (1.0 / (L * B))
+            dmu, dlogvar = reparameterize_backward(dz + dz_kl, logvar, eps)
+        # ... plus beta times the analytic KL gradient (Eq. (K3), docs/kl.md), averaged over the batch
+        # (stl has its KL in Monte Carlo form, already in dz_kl).
+        if estimator != "stl":
+            kl_dmu, kl_dlogvar = kl_diag_gaussian_standard_grad(f["mu"], logvar)
+            dmu = dmu + (beta / B) * kl_dmu
+            dlogvar = dlogvar + (beta / B) * kl_dlogvar
 
-        if return_terms:
-            rec = f["rec"].mean(axis=0)
-            return float(loss), self._collect_grads(), {"elbo": rec - f["kl"], "rec": rec, "kl": f["kl"]}
-        return float(loss), self._collect_grads()
+        rec = f["rec"].mean(axis=0)
+        return float(loss), dmu, dlogvar, {"elbo": rec - f["kl"], "rec": rec, "kl": f["kl"]}
 
     def _collect_grads(self):
         grads = {f"enc.{k}": v for k, v in self.encoder.named_grads().items()}

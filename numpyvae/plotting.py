@@ -43,7 +43,8 @@ __all__ = [
     "write_all_figures", "HISTORY_KEYS", "DPI",
 ]
 
-DPI = 120
+# 100 dots per inch: crisp on screen and in a README, small files, quick to render.
+DPI = 100
 
 # The per-epoch series ``plot_training_curves`` needs; "beta" is optional.
 HISTORY_KEYS = ("epoch", "train_elbo", "test_elbo", "train_rec", "test_rec", "train_kl", "test_kl")
@@ -54,6 +55,7 @@ PAD_VALUE = 0.5
 
 # Inches of figure per image pixel: a 10 x 10 grid of 28 x 28 digits becomes ~6 inches wide.
 _INCHES_PER_PIXEL = 0.02
+_MAX_INCHES = 7.0
 
 
 # ---------------------------------------------------------------------------
@@ -132,7 +134,7 @@ def _as_single_datapoint(x, width, name):
 # Arithmetic behind the figures (pure NumPy, tested directly)
 # ---------------------------------------------------------------------------
 
-def image_grid(images, nrow, image_shape=(28, 28), pad=1, pad_value=PAD_VALUE):
+def image_grid(images, nrow, image_shape=(28, 28), pad=1, pad_value=PAD_VALUE, empty_value=None):
     """Tile flattened images into one 2-D array, row by row.
 
     images : (N, H*W)   image k is ``images[k].reshape(H, W)`` (row-major, as MNIST is stored).
@@ -142,7 +144,8 @@ def image_grid(images, nrow, image_shape=(28, 28), pad=1, pad_value=PAD_VALUE):
 
     Returns an array of shape (rows * (H + pad) + pad, cols * (W + pad) + pad), with
     rows = ceil(N / nrow) and cols = min(nrow, N), where image k sits in grid row k // nrow,
-    grid column k % nrow; unused tiles of a last, partial row are filled with ``pad_value``.
+    grid column k % nrow. The unused tiles of a last, partial row hold ``empty_value``
+    (default: ``pad_value``; the figures pass NaN, which imshow leaves transparent).
     """
     H, W = _check_image_shape(image_shape)
     imgs = _check_images(images, (H, W))
@@ -152,6 +155,11 @@ def image_grid(images, nrow, image_shape=(28, 28), pad=1, pad_value=PAD_VALUE):
     n = imgs.shape[0]
     rows, cols = math.ceil(n / nrow), min(nrow, n)
     grid = np.full((rows * (H + pad) + pad, cols * (W + pad) + pad), pad_value, dtype=np.float64)
+    unused = rows * cols - n
+    if unused and empty_value is not None:
+        # The unused tiles form one block at the bottom right; the padding between and
+        # after them goes too, so the borders outline only the images that exist.
+        grid[-(H + pad):, -unused * (W + pad):] = empty_value
     for k in range(n):
         top = pad + (k // nrow) * (H + pad)
         left = pad + (k % nrow) * (W + pad)
@@ -236,8 +244,8 @@ def _display_range(*arrays):
     """Grey-level limits shared by all images of a figure: [0, 1] for probabilities /
     pixels, so a faint image is shown faint rather than stretched to full contrast;
     the data range otherwise (e.g. Gaussian means)."""
-    lo = min(float(np.min(a)) for a in arrays)
-    hi = max(float(np.max(a)) for a in arrays)
+    lo = min(float(np.nanmin(a)) for a in arrays)       # NaN marks an empty tile
+    hi = max(float(np.nanmax(a)) for a in arrays)
     if lo >= 0.0 and hi <= 1.0:
         return 0.0, 1.0
     if hi == lo:                # a constant image: any non-empty range will do
@@ -253,9 +261,12 @@ def _show_image(ax, image, vmin, vmax):
 
 
 def _image_figure_size(grid_shape, extra_height=0.5):
-    """(width, height) in inches for a figure showing one image of grid_shape pixels."""
+    """(width, height) in inches for a figure showing one image of grid_shape pixels:
+    about _INCHES_PER_PIXEL per pixel, but small images are drawn bigger and the longer
+    side of big ones (a 20 x 20 manifold is 560 pixels) is capped at _MAX_INCHES."""
     h, w = grid_shape
-    scale = _INCHES_PER_PIXEL * max(1.0, 150 / max(h, w))   # small images drawn bigger
+    scale = _INCHES_PER_PIXEL * max(1.0, 150 / max(h, w))
+    scale = min(scale, _MAX_INCHES / max(h, w))
     return max(w * scale, 2.5), h * scale + extra_height
 
 
@@ -286,8 +297,8 @@ def _scatter_by_label(ax, points, labels):
 
 def plot_image_grid(images, path, nrow, image_shape=(28, 28), title=None):
     """Write the images (N, H*W) as one grid, ``nrow`` images per row. Returns path."""
-    grid = image_grid(images, nrow, image_shape)
-    fig = _new_figure(*_image_figure_size(grid.shape, extra_height=0.5 if title else 0.1))
+    grid = image_grid(images, nrow, image_shape, empty_value=np.nan)
+    fig = _new_figure(*_image_figure_size(grid.shape, extra_height=0.35 if title else 0.1))
     ax = fig.add_subplot()
     _show_image(ax, grid, *_display_range(grid))
     if title:
@@ -314,40 +325,44 @@ def plot_training_curves(history, path):
 
     history : dict of equal-length lists with the keys in ``HISTORY_KEYS``: per-datapoint
               averages in nats, "rec" being E_q[log p(x|z)]. An optional "beta" (the KL
-              weight per epoch) is drawn on the KL panel when it changes over training,
-              and named in the title when it is a constant other than 1.
+              weight per epoch) gets a fourth panel when it changes over training (a KL
+              warm-up), and is named in the title when it is a constant other than 1.
     """
     h = _check_history(history)
-    fig = _new_figure(13, 3.8)
-    panels = [("elbo", "ELBO", "ELBO (nats per datapoint)"),
-              ("rec", r"reconstruction $\mathbb{E}_q[\log p(x|z)]$", "nats per datapoint"),
-              ("kl", r"KL$(q(z|x)\,\|\,p(z))$", "nats per datapoint")]
-    axes = fig.subplots(1, 3)
-    for ax, (key, title, ylabel) in zip(axes, panels):
+    beta = h.get("beta")
+    beta_varies = beta is not None and np.ptp(beta) > 0
+    panels = [("elbo", "ELBO"),
+              ("rec", r"reconstruction $\mathbb{E}_q[\log p(x|z)]$"),
+              ("kl", r"KL$(q(z|x)\,\|\,p(z))$")]
+    fig = _new_figure(16.5 if beta_varies else 13, 3.8)
+    axes = fig.subplots(1, 4 if beta_varies else 3)
+    for ax, (key, title) in zip(axes, panels):
         ax.plot(h["epoch"], h[f"train_{key}"], marker="o", markersize=4, label="train")
         ax.plot(h["epoch"], h[f"test_{key}"], marker="s", markersize=4, label="test")
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
+        _label_epoch_axes(ax, title, "nats per datapoint")
         ax.legend()
-    suptitle = "training curves"
-    if "beta" in h:
-        beta = h["beta"]
-        if np.ptp(beta) > 0:
-            twin = axes[2].twinx()
-            twin.plot(h["epoch"], beta, color="grey", linestyle="--", label=r"$\beta$")
-            twin.set_ylabel(r"$\beta$ (KL weight)", color="grey")
-            twin.set_ylim(0, 1.05 * max(float(np.max(beta)), 1e-12))
-        elif beta[0] != 1.0:
-            suptitle += rf" ($\beta$ = {beta[0]:g})"
-    fig.suptitle(suptitle)
+    title = "training curves"
+    if beta_varies:
+        axes[3].plot(h["epoch"], beta, marker="o", markersize=4, color="grey")
+        axes[3].set_ylim(0, 1.05 * float(np.max(beta)))
+        _label_epoch_axes(axes[3], r"KL weight $\beta$", r"$\beta$")
+    elif beta is not None and beta[0] != 1.0:
+        title += rf" ($\beta$ = {beta[0]:g})"
+    fig.suptitle(title)
     return _save(fig, path)
 
 
+def _label_epoch_axes(ax, title, ylabel):
+    ax.set_title(title)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # no "epoch 2.5"
+    ax.grid(alpha=0.3)
+
+
 def plot_reconstructions(x, x_rec, path, image_shape=(28, 28), n=10):
-    """Inputs above their reconstructions: the first n rows of x and x_rec, each (N, H*W).
+    """Inputs above their reconstructions: the first n rows of x (N, H*W) and of x_rec
+    (M, H*W), where x_rec[i] reconstructs x[i].
 
     Up to 10 images per row; for n > 10 the inputs form a block of rows and the
     reconstructions an identical block below it, so a reconstruction sits at the same
@@ -356,13 +371,12 @@ def plot_reconstructions(x, x_rec, path, image_shape=(28, 28), n=10):
     n = check_positive_int(n, "n")
     x = _check_images(x, image_shape, "x")
     x_rec = _check_images(x_rec, image_shape, "x_rec")
-    if x.shape != x_rec.shape:
-        raise ValueError(f"x and x_rec must have the same shape; got {x.shape} and {x_rec.shape}")
-    n = min(n, x.shape[0])
+    # Row i of x_rec is the reconstruction of row i of x; either may hold more rows.
+    n = min(n, x.shape[0], x_rec.shape[0])
     per_row = min(n, 10)
-    top = image_grid(x[:n], per_row, image_shape)
-    bottom = image_grid(x_rec[:n], per_row, image_shape)
-    width, height = _image_figure_size(top.shape, extra_height=0.4)
+    top = image_grid(x[:n], per_row, image_shape, empty_value=np.nan)
+    bottom = image_grid(x_rec[:n], per_row, image_shape, empty_value=np.nan)
+    width, height = _image_figure_size(top.shape, extra_height=0.35)
     fig = _new_figure(width, 2 * height)
     vmin, vmax = _display_range(top, bottom)
     for ax, grid, label in zip(fig.subplots(2, 1), (top, bottom), ("input", "reconstruction")):
@@ -425,7 +439,8 @@ def plot_manifold(model, path, n=20, image_shape=(28, 28)):
     codes = manifold_codes(n)
     # No padding: the manifold reads as one continuous picture of the decoder.
     grid = image_grid(model.decode(codes), n, (H, W), pad=0)
-    fig = _new_figure(*_image_figure_size(grid.shape, extra_height=0.8))
+    width, height = _image_figure_size(grid.shape, extra_height=0.9)   # two-line title, z1 axis
+    fig = _new_figure(width + 0.6, height)                              # z2 tick labels
     ax = fig.add_subplot()
     _show_image(ax, grid, *_display_range(grid))
     # Tick a few tile centres with their z values: the spacing is uniform in prior
@@ -505,8 +520,9 @@ def write_all_figures(model, x_test, y_test, history, out_dir, rng, image_shape=
     """
     check_rng(rng)
     x_test = np.asarray(x_test)
-    if x_test.ndim != 2 or x_test.shape[0] == 0:
-        raise ValueError(f"x_test must be a non-empty 2-D array (N, D); got shape {x_test.shape}")
+    if x_test.ndim != 2 or x_test.shape[0] == 0 or x_test.shape[1] != model.input_dim:
+        raise ValueError(f"x_test must be a non-empty 2-D array (N, {model.input_dim}); "
+                         f"got shape {x_test.shape}")
     if image_shape is not None:
         _check_model_image_shape(model, image_shape)
     # Check the labels before any figure is written, so bad input fails at once.

@@ -29,6 +29,7 @@ from . import __version__
 from ._validate import check_positive_int
 from .checkpoint import atomic_write_json, load_checkpoint, rng_from_json, rng_state_to_json, save_checkpoint
 from .data import binarize
+from .estimators import BASELINES, make_baseline
 from .model import VAE
 from .optim import SGD, Adam
 
@@ -37,7 +38,7 @@ __all__ = ["TrainConfig", "Run", "make_optimizer", "kl_warmup_beta", "minibatche
            "history_table", "HISTORY_KEYS"]
 
 HISTORY_KEYS = ("epoch", "train_elbo", "train_rec", "train_kl", "test_elbo", "test_rec", "test_kl",
-                "beta", "seconds")
+                "test_kl_per_dim", "beta", "seconds")
 BINARIZE_MODES = ("none", "static", "dynamic")
 CHECKPOINT = "checkpoint.npz"
 
@@ -52,6 +53,8 @@ class TrainConfig:
     optimizer       "adam" (bias-corrected) or "sgd" (with ``momentum``)
     n_samples       L, Monte Carlo samples of z per datapoint in the training ELBO
     estimator       gradient estimator passed to VAE.loss_and_grads
+    baseline        control variate for estimator="score": "none", "ema", "loo" (needs
+                    n_samples >= 2) or "learned" (an MLP b(x), trained alongside)
     beta            final weight on the KL term
     warmup_epochs   KL warm-up: beta grows linearly from 0 to ``beta`` over this many epochs
                     (0 = no warm-up); Bowman et al. 2016, Sonderby et al. 2016
@@ -68,6 +71,7 @@ class TrainConfig:
     momentum: float = 0.9
     n_samples: int = 1
     estimator: str = "reparam"
+    baseline: str = "none"
     beta: float = 1.0
     warmup_epochs: float = 0.0
     binarize: str = "none"
@@ -82,6 +86,12 @@ class TrainConfig:
             raise ValueError(f"lr must be a positive number; got {self.lr!r}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd'; got {self.optimizer!r}")
+        if self.baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {list(BASELINES)}; got {self.baseline!r}")
+        if self.baseline != "none" and self.estimator != "score":
+            raise ValueError(f"baseline={self.baseline!r} needs estimator='score' (got {self.estimator!r})")
+        if self.baseline == "loo" and self.n_samples < 2:
+            raise ValueError("baseline='loo' needs n_samples >= 2")
         if self.binarize not in BINARIZE_MODES:
             raise ValueError(f"binarize must be one of {list(BINARIZE_MODES)}; got {self.binarize!r}")
         if not (self.beta >= 0 and math.isfinite(self.beta)):
@@ -101,6 +111,7 @@ class Run:
     history: dict
     epoch: int = 0            # epochs completed
     data: dict = dataclasses.field(default_factory=dict)   # dataset name / data_dir, for reloading
+    baseline: object = None   # None, "loo", or a stateful baseline (numpyvae.estimators)
 
 
 def make_optimizer(model, config):
@@ -140,13 +151,22 @@ def prepare_pixels(x_train, x_test, mode, seed, likelihood):
 
 def evaluate_elbo(model, x, eps, batch_size=1000):
     """Mean ELBO, reconstruction term and KL (nats per datapoint) of x (N, D) with fixed noise
-    eps of shape (L, N, Z), in batches. Returns a dict of Python floats."""
+    eps of shape (L, N, Z), in batches; also the KL of each latent dimension, averaged over x
+    (a dimension with KL ~ 0 is unused: its posterior is the prior). Returns Python floats and
+    a list for "kl_per_dim"."""
     sums = {"elbo": 0.0, "rec": 0.0, "kl": 0.0}
+    kl_dims = np.zeros(model.latent_dim)
     for i in range(0, x.shape[0], batch_size):
-        terms = model.elbo_terms(x[i:i + batch_size], eps=eps[:, i:i + batch_size], n_samples=eps.shape[0])
+        xb = x[i:i + batch_size]
+        terms = model.elbo_terms(xb, eps=eps[:, i:i + batch_size], n_samples=eps.shape[0])
         for k in sums:
             sums[k] += float(np.sum(terms[k], dtype=np.float64))
-    return {k: v / x.shape[0] for k, v in sums.items()}
+        mu, logvar = model.encode(xb)
+        # Eq. (K2), docs/kl.md, per dimension instead of summed.
+        kl_dims += np.sum(0.5 * (mu * mu + np.expm1(logvar) - logvar), axis=0, dtype=np.float64)
+    result = {k: v / x.shape[0] for k, v in sums.items()}
+    result["kl_per_dim"] = (kl_dims / x.shape[0]).tolist()
+    return result
 
 
 def fixed_test_noise(model, n, seed, n_samples=1):
@@ -186,7 +206,8 @@ def train(run, x_train, x_test, out_dir=None, log=print, progress=None, on_epoch
         for i, idx in enumerate(batches):
             beta = kl_warmup_beta(run.epoch * steps_per_epoch + i, steps_per_epoch, cfg)
             _, grads, terms = model.loss_and_grads(x_epoch[idx], n_samples=cfg.n_samples, rng=rng,
-                                                   estimator=cfg.estimator, beta=beta, return_terms=True)
+                                                   estimator=cfg.estimator, beta=beta, return_terms=True,
+                                                   baseline=run.baseline)
             run.optimizer.step(grads)
             for k in sums:
                 sums[k] += float(np.sum(terms[k], dtype=np.float64))
@@ -204,7 +225,7 @@ def train(run, x_train, x_test, out_dir=None, log=print, progress=None, on_epoch
         seconds = time.perf_counter() - start
         row = {"epoch": epoch, "train_elbo": sums["elbo"] / n, "train_rec": sums["rec"] / n,
                "train_kl": sums["kl"] / n, "test_elbo": test["elbo"], "test_rec": test["rec"],
-               "test_kl": test["kl"], "beta": beta, "seconds": seconds}
+               "test_kl": test["kl"], "test_kl_per_dim": test["kl_per_dim"], "beta": beta, "seconds": seconds}
         for k in HISTORY_KEYS:
             run.history.setdefault(k, []).append(row[k])
         if not all(math.isfinite(row[k]) for k in ("train_elbo", "test_elbo")):
@@ -232,9 +253,14 @@ def save_run(run, out_dir):
     opt_state = run.optimizer.state_dict()
     arrays = {f"param.{k}": v for k, v in run.model.params.items()}
     arrays.update({f"opt.{k}": v for k, v in opt_state["arrays"].items()})
+    baseline_state = None
+    if run.baseline is not None and not isinstance(run.baseline, str):
+        state = run.baseline.state()
+        arrays.update({f"baseline.{k}": v for k, v in state["arrays"].items()})
+        baseline_state = state["scalars"]
     config = {"model": run.model.config, "train": dataclasses.asdict(run.config), "data": run.data}
     metadata = {"format": "numpyvae-checkpoint", "version": __version__, "epoch": run.epoch,
-                "optimizer": opt_state["scalars"], "rng": rng_state_to_json(run.rng),
+                "optimizer": opt_state["scalars"], "rng": rng_state_to_json(run.rng), "baseline": baseline_state,
                 "history": run.history, **config}
     save_checkpoint(os.path.join(out_dir, CHECKPOINT), arrays, metadata)
     atomic_write_json(os.path.join(out_dir, "history.json"), run.history)
@@ -279,15 +305,20 @@ def load_run(path):
     optimizer = make_optimizer(model, config)
     optimizer.load_state_dict({"arrays": {k[len("opt."):]: v for k, v in arrays.items() if k.startswith("opt.")},
                                "scalars": meta["optimizer"]})
+    baseline = make_baseline(config.baseline, model.input_dim, seed=config.seed, dtype=model.dtype)
+    if meta.get("baseline") is not None:
+        baseline.load_state({"arrays": {k[len("baseline."):]: v for k, v in arrays.items()
+                                        if k.startswith("baseline.")}, "scalars": meta["baseline"]})
     return Run(model=model, optimizer=optimizer, rng=rng_from_json(meta["rng"]), config=config,
                history={k: list(v) for k, v in meta["history"].items()}, epoch=int(meta["epoch"]),
-               data=dict(meta.get("data", {})))
+               data=dict(meta.get("data", {})), baseline=baseline)
 
 
 def new_run(model, config, data=None):
     """A fresh Run: optimiser from the config, training Generator from config.seed."""
     return Run(model=model, optimizer=make_optimizer(model, config), rng=np.random.default_rng(config.seed),
-               config=config, history={k: [] for k in HISTORY_KEYS}, epoch=0, data=dict(data or {}))
+               config=config, history={k: [] for k in HISTORY_KEYS}, epoch=0, data=dict(data or {}),
+               baseline=make_baseline(config.baseline, model.input_dim, seed=config.seed, dtype=model.dtype))
 
 
 def history_table(history):

@@ -46,6 +46,10 @@ def test_config_validation():
         TrainConfig(lr=0.0)
     with pytest.raises(ValueError, match="epochs must be a positive integer"):
         TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="needs estimator='score'"):
+        TrainConfig(baseline="ema")
+    with pytest.raises(ValueError, match="n_samples >= 2"):
+        TrainConfig(estimator="score", baseline="loo")
     with pytest.raises(ValueError, match="only makes sense with the bernoulli"):
         prepare_pixels(np.zeros((2, 3)), np.zeros((2, 3)), "static", 0, "gaussian")
 
@@ -66,22 +70,27 @@ def test_training_improves_test_elbo(small_data):
     # Untrained, the Bernoulli likelihood of a 784-pixel image is about -784 log 2 = -543 nats;
     # three epochs on 600 digits must improve on epoch 1 by a clear margin.
     assert h["test_elbo"][-1] > h["test_elbo"][0] + 10, h["test_elbo"]
+    assert len(h["test_kl_per_dim"][-1]) == 4
+    assert sum(h["test_kl_per_dim"][-1]) == pytest.approx(h["test_kl"][-1], rel=1e-4)
     for k in ("train", "test"):
         np.testing.assert_allclose(np.array(h[f"{k}_elbo"]), np.array(h[f"{k}_rec"]) - np.array(h[f"{k}_kl"]),
                                    rtol=1e-9)
 
 
-def test_resume_is_bit_for_bit(small_data, tmp_path):
-    """4 epochs + resume for 4 more == 8 uninterrupted epochs, with dynamic binarisation and
-    KL warm-up so every use of the random stream and of the epoch counter is exercised."""
-    cfg = dict(binarize="dynamic", warmup_epochs=3)
+@pytest.mark.parametrize("extra", [{}, {"estimator": "score", "baseline": "learned"},
+                                   {"estimator": "score", "baseline": "ema"}], ids=["reparam", "learned", "ema"])
+def test_resume_is_bit_for_bit(small_data, tmp_path, extra):
+    """3 epochs + resume for 3 more == 6 uninterrupted epochs, with dynamic binarisation and
+    KL warm-up so every use of the random stream and of the epoch counter is exercised, and
+    with stateful baselines whose state must travel in the checkpoint too."""
+    cfg = dict(binarize="dynamic", warmup_epochs=2, **extra)
     x_train, x_test = prepare_pixels(*small_data, "dynamic", 0, "bernoulli")
-    straight = train(small_run(8, **cfg), x_train, x_test, log=lambda s: None, progress=False)
+    straight = train(small_run(6, **cfg), x_train, x_test, log=lambda s: None, progress=False)
 
-    first = train(small_run(4, **cfg), x_train, x_test, out_dir=tmp_path, log=lambda s: None, progress=False)
+    first = train(small_run(3, **cfg), x_train, x_test, out_dir=tmp_path, log=lambda s: None, progress=False)
     resumed = load_run(tmp_path)
-    assert resumed.epoch == 4 and resumed.history["test_elbo"] == first.history["test_elbo"]
-    resumed.config.epochs = 8
+    assert resumed.epoch == 3 and resumed.history["test_elbo"] == first.history["test_elbo"]
+    resumed.config.epochs = 6
     train(resumed, x_train, x_test, out_dir=tmp_path, log=lambda s: None, progress=False)
 
     for k, v in straight.model.params.items():

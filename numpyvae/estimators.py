@@ -1,0 +1,190 @@
+"""Gradient estimators for the encoder's share of the ELBO's data term, and baselines.
+
+For q_phi(z|x) = N(mu, diag(sigma^2)), sigma = exp(logvar / 2), and a per-sample signal
+f(z) = log p(x|z), the encoder needs  d/d(mu, logvar) E_q[f(z)].  Three ways
+(docs/estimators.md):
+
+* **reparameterization** (Eq. (R2), docs/reparameterization.md): differentiate through
+  z = mu + sigma * eps; uses df/dz, which the decoder's backward pass provides.
+* **score function / REINFORCE** (Eq. (S1), docs/estimators.md): E_q[(f(z) - b) d log q(z)/dphi],
+  which needs only the values f(z_l). For the diagonal Gaussian, written with eps = (z - mu)/sigma,
+      d log q / d mu     = eps / sigma                 Eq. (S2), docs/estimators.md
+      d log q / d logvar = (eps^2 - 1) / 2
+  Any baseline b that does not depend on the sample z_l keeps it unbiased, because
+  E_q[d log q / dphi] = 0.
+* **sticking the landing** (Roeder, Wu & Duvenaud 2017; Eq. (T1), docs/estimators.md): the
+  ELBO in its Monte Carlo entropy form, f + log p(z) - log q(z|x), differentiated along the
+  path z(phi, eps) only, with the score term of log q dropped (its expectation is zero).
+
+The functions here return the gradient of the *loss* (minus the objective, averaged over
+the batch), so their outputs add directly to the KL term's gradient in VAE.loss_and_grads.
+"""
+
+import numpy as np
+
+from .layers import MLP, Linear
+from .optim import Adam
+
+__all__ = ["diag_gaussian_score", "score_function_grad", "leave_one_out_baseline",
+           "stl_path_grad_z", "EMABaseline", "LearnedBaseline", "BASELINES", "make_baseline"]
+
+
+def diag_gaussian_score(eps, logvar):
+    """d log q(z|x) / d(mu, logvar) at z = mu + sigma * eps.   Eq. (S2), docs/estimators.md
+
+    eps (L, B, Z), logvar (B, Z) -> (d_mu, d_logvar), each (L, B, Z):
+        d/dmu     log q = (z - mu) / sigma^2 = eps / sigma
+        d/dlogvar log q = -1/2 + (z - mu)^2 / (2 sigma^2) = (eps^2 - 1) / 2
+    """
+    return eps * np.exp(-0.5 * logvar), 0.5 * (eps * eps - 1.0)
+
+
+def score_function_grad(f, eps, logvar, baseline=0.0):
+    """Score-function (REINFORCE) estimate of the loss gradient with respect to mu and logvar.
+    Eq. (S1), docs/estimators.md
+
+        loss_data = -1/(L B) sum_{l,b} f_lb
+        d loss_data / d phi  ~=  -1/(L B) sum_{l,b} (f_lb - baseline_lb) d log q(z_lb) / d phi
+
+    f: (L, B) values log p(x_b | z_lb), treated as constants (no gradient flows through them);
+    eps: (L, B, Z); logvar: (B, Z); baseline: scalar, (B,) or (L, B), independent of z_lb.
+    Returns (d_mu, d_logvar), each (B, Z).
+    """
+    L, B = f.shape
+    signal = (f - baseline)
+    if signal.ndim == 1:
+        signal = np.broadcast_to(signal, (L, B))
+    signal = signal[..., None] * (-1.0 / (L * B))
+    s_mu, s_logvar = diag_gaussian_score(eps, logvar)
+    return np.sum(signal * s_mu, axis=0), np.sum(signal * s_logvar, axis=0)
+
+
+def leave_one_out_baseline(f):
+    """b_lb = mean of f over the other L - 1 samples of datapoint b.   Eq. (S4), docs/estimators.md
+
+    Independent of sample l, so it keeps the estimator unbiased; needs L >= 2. f: (L, B) -> (L, B).
+    """
+    L = f.shape[0]
+    if L < 2:
+        raise ValueError("the leave-one-out baseline needs n_samples >= 2 (it averages the other samples)")
+    return (f.sum(axis=0, keepdims=True) - f) / (L - 1)
+
+
+def stl_path_grad_z(eps, z, logvar, beta=1.0):
+    """The z-gradient of the Monte Carlo KL term beta * (log q(z|x) - log p(z)) with the
+    parameters of q held fixed (stopped), which is what sticking-the-landing keeps.
+    Eq. (T2), docs/estimators.md
+
+        d/dz [log q_stop(z) - log p(z)] = -(z - mu) / sigma^2 + z = -eps / sigma + z
+
+    Returns the gradient of the *loss* term beta * (log q - log p), shape (L, B, Z).
+    """
+    return beta * (z - eps * np.exp(-0.5 * logvar))
+
+
+# ---------------------------------------------------------------------------
+# Baselines with state. Each has value(x) -> baseline (scalar or (B,)) computed before the
+# sample is seen, and observe(x, f) to learn from the signal afterwards.
+# ---------------------------------------------------------------------------
+
+class EMABaseline:
+    """b = exponential moving average of the batch-mean signal:  b <- decay b + (1 - decay) mean(f).
+    Eq. (S3), docs/estimators.md. Computed from earlier minibatches only, so unbiased."""
+
+    def __init__(self, decay=0.9):
+        if not 0 <= decay < 1:
+            raise ValueError(f"decay must be in [0, 1); got {decay!r}")
+        self.decay = float(decay)
+        self.mean = None        # no estimate before the first observation
+        self.frozen = False
+
+    def value(self, x):
+        return 0.0 if self.mean is None else self.mean
+
+    def observe(self, x, f):
+        if self.frozen:
+            return
+        m = float(np.mean(f))
+        self.mean = m if self.mean is None else self.decay * self.mean + (1 - self.decay) * m
+
+    def state(self):
+        return {"arrays": {}, "scalars": {"type": "ema", "decay": self.decay, "mean": self.mean}}
+
+    def load_state(self, state):
+        self.decay, self.mean = float(state["scalars"]["decay"]), state["scalars"]["mean"]
+
+
+class LearnedBaseline:
+    """An input-dependent baseline b(x): a small MLP regressing the signal (NVIL, Mnih & Gregor
+    2014).   Eq. (S5), docs/estimators.md
+
+    b(x) = MLP(x) -> Linear -> scalar. Trained alongside the VAE by Adam on the squared error
+    1/2 mean_b (fbar_b - b(x_b))^2, where fbar_b is the mean of f over the L samples of x_b. Its
+    output for the current minibatch is computed before that minibatch's update, so it does not
+    depend on the samples it is subtracted from.
+    """
+
+    def __init__(self, input_dim, hidden=100, lr=1e-3, seed=0, dtype=np.float32, activation="tanh"):
+        rng = np.random.default_rng(seed)
+        self.trunk = MLP((input_dim, hidden), activation, rng, dtype)
+        self.head = Linear(hidden, 1, rng, dtype)
+        self.params = {f"trunk.{k}": v for k, v in self.trunk.named_params().items()}
+        self.params.update({f"head.{k}": v for k, v in self.head.params.items()})
+        self.optimizer = Adam(self.params, lr=lr)
+        self.frozen = False
+        self.shift = None  # running mean of fbar, so the net learns a residual of order one
+
+    def forward(self, x):
+        return self.head.forward(self.trunk.forward(x))[:, 0] + (0.0 if self.shift is None else self.shift)
+
+    def loss_and_grads(self, x, target):
+        """Squared-error regression loss 1/2 mean (target - b(x))^2 and its parameter gradients."""
+        b = self.forward(x)
+        r = b - target
+        loss = 0.5 * float(np.mean(r * r))
+        dh = self.head.backward((r / r.shape[0])[:, None])
+        self.trunk.backward(dh)
+        grads = {f"trunk.{k}": v for k, v in self.trunk.named_grads().items()}
+        grads.update({f"head.{k}": v for k, v in self.head.grads.items()})
+        return loss, grads
+
+    def value(self, x):
+        return self.forward(x)
+
+    def observe(self, x, f):
+        if self.frozen:
+            return
+        target = f.mean(axis=0).astype(x.dtype)
+        m = float(np.mean(target))
+        self.shift = m if self.shift is None else 0.9 * self.shift + 0.1 * m
+        _, grads = self.loss_and_grads(x, target)
+        self.optimizer.step(grads)
+
+    def state(self):
+        opt = self.optimizer.state_dict()
+        arrays = {f"param.{k}": v for k, v in self.params.items()}
+        arrays.update({f"opt.{k}": v for k, v in opt["arrays"].items()})
+        return {"arrays": arrays, "scalars": {"type": "learned", "shift": self.shift, "optimizer": opt["scalars"]}}
+
+    def load_state(self, state):
+        for k, v in self.params.items():
+            np.copyto(v, state["arrays"][f"param.{k}"])
+        self.optimizer.load_state_dict({"arrays": {k[4:]: v for k, v in state["arrays"].items() if k.startswith("opt.")},
+                                        "scalars": state["scalars"]["optimizer"]})
+        self.shift = state["scalars"]["shift"]
+
+
+BASELINES = ("none", "ema", "loo", "learned")
+
+
+def make_baseline(name, input_dim=None, seed=0, dtype=np.float32):
+    """A baseline by name: None for "none" and "loo" (stateless), else a stateful object."""
+    if name in ("none", "loo", None):
+        return None if name in ("none", None) else "loo"
+    if name == "ema":
+        return EMABaseline()
+    if name == "learned":
+        if input_dim is None:
+            raise ValueError("the learned baseline needs input_dim")
+        return LearnedBaseline(input_dim, seed=seed, dtype=dtype)
+    raise ValueError(f"unknown baseline {name!r}; expected one of {list(BASELINES)}")
