@@ -143,7 +143,7 @@ def kl_full_gaussians(mu_q, cov_q, mu_p, cov_p):
     logdet_q = 2.0 * np.sum(np.log(np.diagonal(chol_q, axis1=-2, axis2=-1)), axis=-1)
     logdet_p = 2.0 * np.sum(np.log(np.diagonal(chol_p, axis1=-2, axis2=-1)), axis=-1)
     # With cov_p = Lp Lp^T: tr(cov_p^{-1} cov_q) = ||Lp^{-1} Lq||_F^2 and the Mahalanobis
-    # term is ||Lp^{-1} (mu_p - mu_q)||^2; triangular solves avoid forming an inverse.
+    # term is ||Lp^{-1} (mu_p - mu_q)||^2; solving against Lp avoids forming an inverse.
     a = np.linalg.solve(chol_p, chol_q)
     trace = np.sum(a * a, axis=(-2, -1))
     diff = (mu_p - mu_q)[..., None]

@@ -19,7 +19,7 @@ Relative error (Eq. (C2), docs/gradcheck.md): for arrays a (analytic) and n (num
     rel_error(a, n) = max_i |a_i - n_i|  /  max( max_i |a_i|, max_i |n_i| )
 
 i.e. the worst absolute deviation measured against the largest entry of either array
-(0 when both are exactly zero). Unlike an element-wise ratio it does not blow up on
+(0 when both are exactly zero; inf when either holds a NaN or inf). Unlike an element-wise ratio it does not blow up on
 entries that are zero up to rounding, yet a wrong sign or a missing factor of 2 in any
 entry that is not negligible next to the largest one gives an error of order 1.
 Rules of thumb in float64: < 1e-7 correct; > 1e-4 almost certainly a bug.
@@ -41,6 +41,8 @@ def rel_error(a, n):
         raise ValueError(f"rel_error: shapes differ, {a.shape} vs {n.shape}")
     if a.size == 0:
         return 0.0
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(n))):
+        return float("inf")  # a NaN or inf gradient is never "close", even next to zeros
     scale = max(np.max(np.abs(a)), np.max(np.abs(n)))
     if scale == 0.0:
         return 0.0

@@ -128,7 +128,7 @@ class VAE:
 
     def encode(self, x):
         """Posterior parameters for a batch x (B, D): ``(mu, logvar)``, each (B, Z),
-        with logvar = log sigma^2."""
+        with logvar = log sigma^2: q(z|x) = N(mu, diag(exp(logvar))), Eq. (E4), docs/elbo.md."""
         return self._encode(self._check_x(x))
 
     def decode(self, z):
@@ -203,7 +203,8 @@ class VAE:
         """
         loss, dmu, dlogvar, terms = self._loss_and_posterior_grads(x, eps, n_samples, rng, estimator, beta,
                                                                    baseline)
-        # --- encoder backward: both heads feed the same trunk, so their input gradients add.
+        # --- encoder backward, the last steps of Eq. (B7), docs/backprop.md: both heads feed
+        # the same trunk, so their input gradients add.
         dh = self.enc_heads["mu"].backward(dmu) + self.enc_heads["logvar"].backward(dlogvar)
         self.encoder.backward(dh)
         if return_terms:
@@ -322,5 +323,6 @@ class VAE:
             log_q = -0.5 * np.sum(LOG_2PI + logvar + eps * eps, axis=-1)
             log_w = self.likelihood.log_prob(x, out) + log_standard_normal(z) - log_q   # (k, B)
             m = np.max(log_w, axis=0)
+            m = np.where(np.isfinite(m), m, 0.0)   # an all -inf chunk adds exp(-inf) = 0, not NaN
             log_sum = np.logaddexp(log_sum, m + np.log(np.sum(np.exp(log_w - m), axis=0)))
         return (log_sum - math.log(K)).astype(self.dtype)

@@ -61,3 +61,9 @@ def test_layer_check_catches_broken_backward():
 def test_float32_is_refused():
     with pytest.raises(TypeError, match="float64"):
         numerical_gradient(lambda: 0.0, np.zeros(3, dtype=np.float32))
+
+
+def test_nan_is_never_close():
+    # max(0.0, nan) is 0.0 in Python: without an explicit check a NaN next to zeros would pass.
+    assert rel_error(np.zeros(2), np.array([0.0, np.nan])) == np.inf
+    assert rel_error(np.array([np.inf, 1.0]), np.array([1.0, 1.0])) == np.inf
