@@ -311,3 +311,75 @@ def make_likelihood(name, obs_var=1.0):
     if name == "gaussian-learned":
         return GaussianLearnedLikelihood()
     raise ValueError(f"unknown likelihood {name!r}; expected one of {list(LIKELIHOODS)}")
+
+
+# ---------------------------------------------------------------------------
+# Full-covariance Gaussian posterior through its Cholesky factor
+# ---------------------------------------------------------------------------
+#
+# The factor is L = diag(exp(logvar / 2)) + T, with T strictly lower-triangular. Its diagonal
+# is positive by construction (an exponential), so L L^T is always a valid covariance, and
+# with T = 0 everything reduces to the diagonal case: logvar keeps its meaning as the log of
+# the squared diagonal of L. T is stored as the Z(Z-1)/2 entries below the diagonal, in the
+# row-major order of np.tril_indices(Z, -1).
+
+def tril_to_matrix(tril, Z):
+    """(..., Z(Z-1)/2) strictly-lower entries -> (..., Z, Z) matrix T, zero on and above the diagonal."""
+    rows, cols = np.tril_indices(Z, -1)
+    T = np.zeros(tril.shape[:-1] + (Z, Z), dtype=tril.dtype)
+    T[..., rows, cols] = tril
+    return T
+
+
+def reparameterize_full(mu, logvar, tril, eps):
+    """z = mu + L eps with L = diag(exp(logvar/2)) + T.   Eq. (F1), docs/kl.md
+
+    mu, logvar (B, Z); tril (B, Z(Z-1)/2); eps (L, B, Z) -> z (L, B, Z). Then
+    Cov z = L L^T, and log q(z) = -1/2 sum_j (log 2 pi + logvar_j + eps_j^2) because
+    log det L = 1/2 sum_j logvar_j (a triangular matrix's determinant is its diagonal's product).
+    """
+    T = tril_to_matrix(tril, mu.shape[-1])
+    return mu + np.exp(0.5 * logvar) * eps + np.einsum("bij,lbj->lbi", T, eps)
+
+
+def reparameterize_full_backward(dz, logvar, tril, eps):
+    """Gradients through Eq. (F1):   Eq. (F2), docs/kl.md
+
+        dmu       = sum_l dz_l
+        dlogvar_j = sum_l dz_lj eps_lj exp(logvar_j / 2) / 2
+        dT_ij     = sum_l dz_li eps_lj              (kept for i > j only)
+        deps      = not needed (eps is noise)
+
+    Returns (dmu, dlogvar, dtril) shaped like mu, logvar, tril.
+    """
+    Z = logvar.shape[-1]
+    rows, cols = np.tril_indices(Z, -1)
+    dmu, dlogvar = reparameterize_backward(dz, logvar, eps)
+    dT = np.einsum("lbi,lbj->bij", dz, eps)
+    return dmu, dlogvar, dT[..., rows, cols]
+
+
+def kl_full_gaussian_standard(mu, logvar, tril):
+    """KL( N(mu, L L^T) || N(0, I) ) with L = diag(exp(logvar/2)) + T.   Eq. (F3), docs/kl.md
+
+    From Eq. (K1) with tr(L L^T) = sum_j exp(logvar_j) + sum_{i>j} T_ij^2 and
+    log det(L L^T) = sum_j logvar_j:
+        KL = 1/2 sum_j (mu_j^2 + exp(logvar_j) - 1 - logvar_j) + 1/2 sum_{i>j} T_ij^2
+    i.e. the diagonal KL (Eq. K2) plus half the squared off-diagonal entries.
+    Its gradient: the diagonal one (Eq. K3) for mu and logvar, and dKL/dT_ij = T_ij.
+    """
+    return kl_diag_gaussian_standard(mu, logvar) + 0.5 * np.sum(tril * tril, axis=-1)
+
+
+def log_q_from_eps(logvar, eps):
+    """log q(z|x) at z = mu + L eps, written with eps:  -1/2 sum_j (log 2pi + logvar_j + eps_j^2).
+    Eq. (I3), docs/importance.md. Holds for the diagonal and the full-covariance posterior alike."""
+    return -0.5 * np.sum(LOG_2PI + logvar + eps * eps, axis=-1)
+
+
+def normalized_importance_weights(log_w, axis=0):
+    """w_k / sum_j w_j from log-weights, as a softmax over ``axis`` (stable: subtract the max).
+    Eq. (I5), docs/importance.md"""
+    m = np.max(log_w, axis=axis, keepdims=True)
+    e = np.exp(log_w - m)
+    return e / np.sum(e, axis=axis, keepdims=True)

@@ -1,19 +1,24 @@
 """The Variational Autoencoder: one minibatch from pixels to ELBO and back to every gradient.
 
-Generative model (docs/elbo.md, Eq. (E1), docs/elbo.md):   z ~ N(0, I),   x | z ~ p_theta(x | z)
-Inference model (Eq. (E4), docs/elbo.md):                q_phi(z | x) = N(mu(x), diag(exp(logvar(x))))
+Generative model (Eq. (E1), docs/elbo.md):   z ~ N(0, I),   x | z ~ p_theta(x | z)
+Inference model (Eq. (E4), docs/elbo.md):    q_phi(z | x) = N(mu(x), diag(exp(logvar(x))))
 
-The encoder is an MLP trunk followed by two Linear heads (mu and logvar); the decoder is
-an MLP trunk with the hidden widths reversed, followed by one Linear head per output of
-the likelihood ("out": logits or mean; "logvar" for the learned-variance Gaussian).
+The encoder is an MLP trunk followed by Linear heads (mu and logvar, plus "tril" for a
+full-covariance posterior); the decoder is an MLP trunk with the hidden widths reversed,
+followed by one Linear head per output of the likelihood ("out": logits or mean; "logvar"
+for the learned-variance Gaussian).
 
 Per datapoint, with L reparameterized samples z_l = mu + exp(logvar/2) * eps_l,
 
     ELBO(x) = 1/L sum_l log p(x | z_l)  -  KL(q(z|x) || N(0, I))        Eq. (E6), docs/elbo.md
 
 with the KL in closed form, Eq. (K2), docs/kl.md. ``loss_and_grads`` returns
-loss = mean_b -( 1/L sum_l log p(x_b | z_bl) - beta * KL_b ) and its gradient with
-respect to every parameter, computed by the backward pass of docs/backprop.md, Eq. (B7), docs/backprop.md.
+loss = mean_b -( 1/L sum_l log p(x_b | z_bl) - beta * KL_b ) and its gradient with respect
+to every parameter, by the backward pass of Eq. (B7), docs/backprop.md.
+
+Internally every pass takes an optional condition ``c`` (B, C) that is concatenated to the
+encoder's input and to the decoder's input; the plain VAE passes None, and
+numpyvae.conditional.ConditionalVAE passes one-hot labels.
 """
 
 import math
@@ -22,13 +27,14 @@ import numpy as np
 
 from . import _validate as check
 from .distributions import (
-    kl_diag_gaussian_standard, kl_diag_gaussian_standard_grad, log_standard_normal,
-    make_likelihood, reparameterize, reparameterize_backward, LOG_2PI,
+    kl_diag_gaussian_standard, kl_diag_gaussian_standard_grad, kl_full_gaussian_standard, log_q_from_eps,
+    log_standard_normal, make_likelihood, normalized_importance_weights, reparameterize,
+    reparameterize_backward, reparameterize_full, reparameterize_full_backward,
 )
 from .estimators import leave_one_out_baseline, score_function_grad, stl_path_grad_z
 from .layers import MLP, Linear
 
-__all__ = ["VAE", "ESTIMATORS"]
+__all__ = ["VAE", "ESTIMATORS", "POSTERIORS"]
 
 # How the data term's gradient reaches the encoder (docs/estimators.md):
 #   reparam  through z = mu + sigma * eps                       (pathwise)
@@ -37,11 +43,14 @@ __all__ = ["VAE", "ESTIMATORS"]
 #   stl      pathwise, with the ELBO in its Monte Carlo entropy form and the score term dropped
 ESTIMATORS = ("reparam", "score", "blocked", "stl")
 
+# "diag": q = N(mu, diag(exp(logvar))); "full": q = N(mu, L L^T), L = diag(exp(logvar/2)) + T.
+POSTERIORS = ("diag", "full")
+
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 class VAE:
-    """A VAE with a diagonal-Gaussian posterior and an MLP encoder and decoder.
+    """A VAE with a Gaussian posterior and an MLP encoder and decoder.
 
     Parameters
     ----------
@@ -55,10 +64,14 @@ class VAE:
     activation : str           "tanh" | "relu" | "sigmoid" | "softplus".
     seed : int                 seeds the initialisation only; sampling takes ``eps`` or ``rng``.
     dtype : np.float32 | np.float64   every parameter and every computation uses this dtype.
+    posterior : str            "diag" (default) or "full": a full-covariance Gaussian through a
+                               Cholesky factor with an extra encoder head "enc.tril" (docs/kl.md, F1).
     """
 
+    cond_dim = 0   # width of the condition appended to encoder and decoder inputs (ConditionalVAE)
+
     def __init__(self, input_dim, hidden_dims=(400,), latent_dim=20, likelihood="bernoulli",
-                 obs_var=1.0, activation="tanh", seed=0, dtype=np.float32):
+                 obs_var=1.0, activation="tanh", seed=0, dtype=np.float32, posterior="diag"):
         self.input_dim = check.check_positive_int(input_dim, "input_dim")
         self.latent_dim = check.check_positive_int(latent_dim, "latent_dim")
         try:
@@ -69,17 +82,26 @@ class VAE:
         self.dtype = np.dtype(dtype)
         if self.dtype not in _DTYPES:
             raise TypeError(f"dtype must be np.float32 or np.float64; got {dtype!r}")
+        if posterior not in POSTERIORS:
+            raise ValueError(f"unknown posterior {posterior!r}; expected one of {list(POSTERIORS)}")
+        self.posterior = posterior
         self.likelihood = make_likelihood(likelihood, obs_var)
         self.activation = activation
         self.obs_var = float(obs_var)
         self.seed = seed
 
         rng = np.random.default_rng(seed)
-        D, Z, H = self.input_dim, self.latent_dim, self.hidden_dims
-        self.encoder = MLP((D,) + H, activation, rng, self.dtype)
-        self.enc_heads = {"mu": Linear(self.encoder.out_features, Z, rng, self.dtype),
-                          "logvar": Linear(self.encoder.out_features, Z, rng, self.dtype)}
-        self.decoder = MLP((Z,) + H[::-1], activation, rng, self.dtype)
+        D, Z, H, C = self.input_dim, self.latent_dim, self.hidden_dims, self.cond_dim
+        self.encoder = MLP((D + C,) + H, activation, rng, self.dtype)
+        head_widths = {"mu": Z, "logvar": Z}
+        if posterior == "full":
+            head_widths["tril"] = Z * (Z - 1) // 2
+        self.enc_heads = {name: Linear(self.encoder.out_features, w, rng, self.dtype)
+                          for name, w in head_widths.items()}
+        if posterior == "full":
+            # Start at a diagonal posterior: the off-diagonal factor grows only if it helps.
+            self.enc_heads["tril"].params["W"][...] = 0.0
+        self.decoder = MLP((Z + C,) + H[::-1], activation, rng, self.dtype)
         self.dec_heads = {name: Linear(self.decoder.out_features, D, rng, self.dtype)
                           for name in self.likelihood.heads}
 
@@ -100,12 +122,13 @@ class VAE:
         return {"input_dim": self.input_dim, "hidden_dims": list(self.hidden_dims),
                 "latent_dim": self.latent_dim, "likelihood": self.likelihood.name,
                 "obs_var": self.obs_var, "activation": self.activation, "seed": self.seed,
-                "dtype": self.dtype.name}
+                "dtype": self.dtype.name, "posterior": self.posterior}
 
     def __repr__(self):
         arch = "-".join(str(d) for d in (self.input_dim,) + self.hidden_dims + (self.latent_dim,))
-        return (f"VAE({arch}, likelihood={self.likelihood.name!r}, activation={self.activation!r}, "
-                f"dtype={self.dtype.name}, {self.num_params()} parameters)")
+        return (f"{type(self).__name__}({arch}, likelihood={self.likelihood.name!r}, "
+                f"activation={self.activation!r}, posterior={self.posterior!r}, dtype={self.dtype.name}, "
+                f"{self.num_params()} parameters)")
 
     def num_params(self):
         return int(sum(p.size for p in self.params.values()))
@@ -117,18 +140,96 @@ class VAE:
         self.likelihood.check_targets(x)
         return x
 
-    def _encode(self, x):
-        h = self.encoder.forward(x)
-        return self.enc_heads["mu"].forward(h), self.enc_heads["logvar"].forward(h)
+    @staticmethod
+    def _join(a, c):
+        return a if c is None else np.concatenate([a, c], axis=1)
 
-    def _decode_outputs(self, z):
-        """Decoder heads for a (N, Z) batch of codes: dict head -> (N, D)."""
-        h = self.decoder.forward(z)
+    def _encode(self, x, c=None):
+        """The posterior's parameters: dict "mu", "logvar" (B, Z) and, if full, "tril"."""
+        h = self.encoder.forward(self._join(x, c))
+        return {name: layer.forward(h) for name, layer in self.enc_heads.items()}
+
+    def _decode_outputs(self, z, c=None):
+        """Decoder heads for a (N, Z) batch of codes (and conditions (N, C)): dict head -> (N, D)."""
+        h = self.decoder.forward(self._join(z, c))
         return {name: layer.forward(h) for name, layer in self.dec_heads.items()}
+
+    def _sample_z(self, q, eps):
+        """z (L, B, Z) from the posterior q and the noise eps (L, B, Z)."""
+        if self.posterior == "full":
+            return reparameterize_full(q["mu"], q["logvar"], q["tril"], eps)   # Eq. (F1), docs/kl.md
+        return reparameterize(q["mu"], q["logvar"], eps)                      # Eq. (R1), docs/reparameterization.md
+
+    def _sample_z_backward(self, q, eps, dz):
+        """The adjoint of _sample_z: dict of gradients for the encoder heads."""
+        if self.posterior == "full":
+            dmu, dlogvar, dtril = reparameterize_full_backward(dz, q["logvar"], q["tril"], eps)  # Eq. (F2), docs/kl.md
+            return {"mu": dmu, "logvar": dlogvar, "tril": dtril}
+        dmu, dlogvar = reparameterize_backward(dz, q["logvar"], eps)        # Eq. (R2), docs/reparameterization.md
+        return {"mu": dmu, "logvar": dlogvar}
+
+    def _kl(self, q):
+        if self.posterior == "full":
+            return kl_full_gaussian_standard(q["mu"], q["logvar"], q["tril"])   # Eq. (F3), docs/kl.md
+        return kl_diag_gaussian_standard(q["mu"], q["logvar"])                # Eq. (K2), docs/kl.md
+
+    def _kl_grad(self, q):
+        dmu, dlogvar = kl_diag_gaussian_standard_grad(q["mu"], q["logvar"])  # Eq. (K3), docs/kl.md
+        grads = {"mu": dmu, "logvar": dlogvar}
+        if self.posterior == "full":
+            grads["tril"] = q["tril"].copy()                                  # Eq. (F3), docs/kl.md
+        return grads
+
+    def _repeat_condition(self, c, L):
+        """The condition of each datapoint repeated for its L samples: (L*B, C), matching z's rows."""
+        return None if c is None else np.broadcast_to(c, (L,) + c.shape).reshape(L * c.shape[0], c.shape[1])
+
+    def _forward(self, x, eps, c=None):
+        """One pass from a checked batch x (B, D) and noise eps (L, B, Z) to the ELBO terms.
+
+        Returns a dict with q (the posterior's parameters, each (B, Z) or (B, Z(Z-1)/2));
+        z (L, B, Z); the decoder outputs, each (L, B, D); rec = log p(x | z_l) of shape
+        (L, B); kl of shape (B,).
+        """
+        L, B, Z = eps.shape
+        q = self._encode(x, c)
+        z = self._sample_z(q, eps)
+        # The L samples are stacked into the batch axis: one matmul per layer for all of them.
+        out = self._decode_outputs(z.reshape(L * B, Z), self._repeat_condition(c, L))
+        out_lbd = {k: v.reshape(L, B, self.input_dim) for k, v in out.items()}
+        rec = self.likelihood.log_prob(x, out_lbd)               # (L, B), x broadcasts over L
+        return {"q": q, "z": z, "out": out_lbd, "rec": rec, "kl": self._kl(q)}
+
+    def _decoder_backward(self, x, out, weight):
+        """Backward through the decoder from d loss / d log p(x|z_lb) = weight (L, B).
+        Fills the decoder's gradients and returns d loss / dz, shape (L, B, Z)."""
+        L, B = weight.shape
+        d_out = self.likelihood.grad(x, out)
+        dh = None
+        for name, layer in self.dec_heads.items():
+            g = layer.backward((d_out[name] * weight[..., None]).reshape(L * B, self.input_dim))
+            dh = g if dh is None else dh + g
+        # The decoder's input is [z, c]; only z's part of its gradient is wanted.
+        return self.decoder.backward(dh)[:, :self.latent_dim].reshape(L, B, self.latent_dim)
+
+    def _encoder_backward(self, dq):
+        """Backward through the encoder heads and trunk (the last steps of Eq. (B7), docs/backprop.md):
+        every head reads the same trunk output, so their input gradients add."""
+        dh = sum(self.enc_heads[name].backward(g) for name, g in dq.items())
+        self.encoder.backward(dh)
+
+    # ------------------------------------------------------------------ public API
 
     def encode(self, x):
         """Posterior parameters for a batch x (B, D): ``(mu, logvar)``, each (B, Z),
-        with logvar = log sigma^2: q(z|x) = N(mu, diag(exp(logvar))), Eq. (E4), docs/elbo.md."""
+        with logvar = log sigma^2: q(z|x) = N(mu, diag(exp(logvar))), Eq. (E4), docs/elbo.md.
+        For posterior="full", logvar is the log of the squared diagonal of the Cholesky factor
+        (see encode_full for the whole factor)."""
+        q = self._encode(self._check_x(x))
+        return q["mu"], q["logvar"]
+
+    def encode_full(self, x):
+        """All of the posterior's parameters: dict "mu", "logvar" and, if full, "tril"."""
         return self._encode(self._check_x(x))
 
     def decode(self, z):
@@ -148,32 +249,10 @@ class VAE:
         z = check.check_rng(rng).standard_normal((n, self.latent_dim), dtype=self.dtype)
         return self.decode(z)
 
-    def _forward(self, x, eps):
-        """One pass from a checked batch x (B, D) and noise eps (L, B, Z) to the ELBO terms.
-
-        Returns a dict with mu, logvar (B, Z); z (L, B, Z); the decoder outputs, each
-        (L*B, D); rec = log p(x | z_l) of shape (L, B); kl of shape (B,).
-        """
-        L, B, Z = eps.shape
-        mu, logvar = self._encode(x)
-        z = reparameterize(mu, logvar, eps)                      # Eq. (R1), docs/reparameterization.md: (L, B, Z)
-        # The L samples are stacked into the batch axis: one matmul per layer for all of them.
-        out = self._decode_outputs(z.reshape(L * B, Z))
-        out_lbd = {k: v.reshape(L, B, self.input_dim) for k, v in out.items()}
-        rec = self.likelihood.log_prob(x, out_lbd)               # (L, B), x broadcasts over L
-        kl = kl_diag_gaussian_standard(mu, logvar)               # Eq. (K2), docs/kl.md: (B,)
-        return {"mu": mu, "logvar": logvar, "z": z, "out": out_lbd, "rec": rec, "kl": kl}
-
-    # ------------------------------------------------------------------ objectives
-
     def elbo_terms(self, x, eps=None, n_samples=1, rng=None):
         """Per-datapoint ``{"elbo", "rec", "kl"}``, each (B,): rec = 1/L sum_l log p(x|z_l),
         kl = KL(q(z|x) || p(z)) in closed form, elbo = rec - kl.   Eq. (E6), docs/elbo.md"""
-        x = self._check_x(x)
-        eps = check.noise(eps, n_samples, x.shape[0], self.latent_dim, rng, self.dtype)
-        f = self._forward(x, eps)
-        rec = f["rec"].mean(axis=0)
-        return {"elbo": rec - f["kl"], "rec": rec, "kl": f["kl"]}
+        return self._elbo_terms(self._check_x(x), None, eps, n_samples, rng)
 
     def elbo(self, x, eps=None, n_samples=1, rng=None):
         """The ELBO of each datapoint in nats, shape (B,).   Eq. (E6), docs/elbo.md
@@ -201,15 +280,8 @@ class VAE:
         shapes of ``self.params``. With ``return_terms=True`` also the per-datapoint
         ``{"elbo", "rec", "kl"}`` of this forward pass (what a trainer reports, at no extra cost).
         """
-        loss, dmu, dlogvar, terms = self._loss_and_posterior_grads(x, eps, n_samples, rng, estimator, beta,
-                                                                   baseline)
-        # --- encoder backward, the last steps of Eq. (B7), docs/backprop.md: both heads feed
-        # the same trunk, so their input gradients add.
-        dh = self.enc_heads["mu"].backward(dmu) + self.enc_heads["logvar"].backward(dlogvar)
-        self.encoder.backward(dh)
-        if return_terms:
-            return loss, self._collect_grads(), terms
-        return loss, self._collect_grads()
+        return self._loss_and_grads(self._check_x(x), None, eps, n_samples, rng, estimator, beta,
+                                    return_terms, baseline)
 
     def posterior_grads(self, x, eps=None, n_samples=1, rng=None, estimator="reparam", beta=1.0, baseline=None):
         """Per-datapoint gradient estimates with respect to the posterior parameters.
@@ -220,77 +292,10 @@ class VAE:
         estimates, so a batch of R copies of one datapoint gives R independent draws of the
         estimator in one vectorised call (numpyvae.variance uses this).
         """
-        _, dmu, dlogvar, _ = self._loss_and_posterior_grads(x, eps, n_samples, rng, estimator, beta, baseline)
-        B = dmu.shape[0]
-        return dmu * B, dlogvar * B
-
-    def _loss_and_posterior_grads(self, x, eps, n_samples, rng, estimator, beta, baseline):
-        """Forward pass, decoder backward pass (filling the decoder's gradients) and the loss
-        gradient with respect to mu and logvar (B, Z). Returns (loss, dmu, dlogvar, terms)."""
-        if not isinstance(estimator, str) or estimator not in ESTIMATORS:
-            raise ValueError(f"unknown estimator {estimator!r}; expected one of {list(ESTIMATORS)}")
-        if baseline is not None and estimator != "score":
-            raise ValueError(f"a baseline only applies to estimator='score' (got estimator={estimator!r})")
-        if isinstance(baseline, str) and baseline != "loo":
-            raise ValueError(f"baseline must be None, 'loo' or a baseline object; got {baseline!r}")
-        if isinstance(beta, bool) or not np.isscalar(beta) or not np.isfinite(beta) or beta < 0:
-            raise ValueError(f"beta must be a finite number >= 0; got {beta!r}")
-        beta = float(beta)
-
-        x = self._check_x(x)
-        eps = check.noise(eps, n_samples, x.shape[0], self.latent_dim, rng, self.dtype)
-        L, B, Z = eps.shape
-        f = self._forward(x, eps)
-        loss = -(f["rec"].mean(axis=0) - beta * f["kl"]).mean()
-
-        # --- backward: decoder (Eq. (B7), docs/backprop.md). d loss / d log p(x|z_bl) = -1 / (L B).
-        scale = -1.0 / (L * B)
-        d_out = self.likelihood.grad(x, f["out"])
-        dh = None
-        for name, layer in self.dec_heads.items():
-            g = layer.backward((d_out[name] * scale).reshape(L * B, self.input_dim))
-            dh = g if dh is None else dh + g
-        dz = self.decoder.backward(dh).reshape(L, B, Z)
-
-        # --- encoder: the data term's gradient, by the chosen estimator ...
-        logvar = f["logvar"]
-        if estimator == "reparam":       # Eq. (R2), docs/reparameterization.md
-            dmu, dlogvar = reparameterize_backward(dz, logvar, eps)
-        elif estimator == "blocked":     # no path from the data term to phi
-            dmu, dlogvar = np.zeros_like(f["mu"]), np.zeros_like(logvar)
-        elif estimator == "score":       # Eq. (S1), docs/estimators.md
-            if baseline is None:
-                b = 0.0
-            elif isinstance(baseline, str):
-                b = leave_one_out_baseline(f["rec"])
-            else:
-                b = baseline.value(x)
-            dmu, dlogvar = score_function_grad(f["rec"], eps, logvar, b)
-            if baseline is not None and not isinstance(baseline, str):
-                baseline.observe(x, f["rec"])
-        else:                            # "stl", Eq. (T1), docs/estimators.md
-            dz_kl = stl_path_grad_z(eps, f["z"], logvar, beta) * (1.0 / (L * B))
-            dmu, dlogvar = reparameterize_backward(dz + dz_kl, logvar, eps)
-        # ... plus beta times the analytic KL gradient (Eq. (K3), docs/kl.md), averaged over the batch
-        # (stl has its KL in Monte Carlo form, already in dz_kl).
-        if estimator != "stl":
-            kl_dmu, kl_dlogvar = kl_diag_gaussian_standard_grad(f["mu"], logvar)
-            dmu = dmu + (beta / B) * kl_dmu
-            dlogvar = dlogvar + (beta / B) * kl_dlogvar
-
-        rec = f["rec"].mean(axis=0)
-        return float(loss), dmu, dlogvar, {"elbo": rec - f["kl"], "rec": rec, "kl": f["kl"]}
-
-    def _collect_grads(self):
-        grads = {f"enc.{k}": v for k, v in self.encoder.named_grads().items()}
-        for head, layer in self.enc_heads.items():
-            grads.update({f"enc.{head}.{k}": v for k, v in layer.grads.items()})
-        grads.update({f"dec.{k}": v for k, v in self.decoder.named_grads().items()})
-        for head, layer in self.dec_heads.items():
-            grads.update({f"dec.{head}.{k}": v for k, v in layer.grads.items()})
-        return grads
-
-    # ------------------------------------------------------------------ evaluation
+        _, dq, _ = self._loss_and_posterior_grads(self._check_x(x), None, eps, n_samples, rng, estimator,
+                                                  beta, baseline)
+        B = dq["mu"].shape[0]
+        return dq["mu"] * B, dq["logvar"] * B
 
     def log_likelihood(self, x, n_importance=1000, rng=None, chunk_size=None):
         """Importance-weighted estimate of log p(x), shape (B,).   Eq. (I2), docs/importance.md
@@ -302,7 +307,136 @@ class VAE:
         memory stays bounded for any K. Its expectation is a lower bound on log p(x)
         that tightens to log p(x) as K grows, and it is never below the ELBO in expectation.
         """
+        return self._log_likelihood(self._check_x(x), None, n_importance, rng, chunk_size)
+
+    def iwae_bound(self, x, k=5, eps=None, rng=None):
+        """The importance-weighted bound L_k of each datapoint, shape (B,).   Eq. (I4), docs/importance.md
+
+            L_k(x) = log 1/k sum_i p(x, z_i) / q(z_i | x),   z_i ~ q(z | x)
+
+        L_1 is the ELBO (with the KL sampled); L_k increases with k towards log p(x).
+        """
         x = self._check_x(x)
+        eps = check.noise(eps, k, x.shape[0], self.latent_dim, rng, self.dtype)
+        log_w, _ = self._log_weights(x, None, eps)
+        return self._log_mean_exp(log_w)
+
+    def iwae_loss_and_grads(self, x, k=5, eps=None, rng=None, return_terms=False):
+        """The IWAE training loss -1/B sum_b L_k(x_b) and its gradient.   Eq. (I5), docs/importance.md"""
+        return self._iwae_loss_and_grads(self._check_x(x), None, k, eps, rng, return_terms)
+
+    # ------------------------------------------------------------------ the passes, with a condition
+
+    def _elbo_terms(self, x, c, eps, n_samples, rng):
+        eps = check.noise(eps, n_samples, x.shape[0], self.latent_dim, rng, self.dtype)
+        f = self._forward(x, eps, c)
+        rec = f["rec"].mean(axis=0)
+        return {"elbo": rec - f["kl"], "rec": rec, "kl": f["kl"]}
+
+    def _loss_and_grads(self, x, c, eps, n_samples, rng, estimator, beta, return_terms, baseline):
+        loss, dq, terms = self._loss_and_posterior_grads(x, c, eps, n_samples, rng, estimator, beta, baseline)
+        self._encoder_backward(dq)
+        if return_terms:
+            return loss, self._collect_grads(), terms
+        return loss, self._collect_grads()
+
+    def _loss_and_posterior_grads(self, x, c, eps, n_samples, rng, estimator, beta, baseline):
+        """Forward pass, decoder backward pass (filling the decoder's gradients) and the loss
+        gradient with respect to the posterior's parameters. Returns (loss, dq, terms), where
+        dq maps each encoder head ("mu", "logvar"[, "tril"]) to its (B, .) gradient."""
+        if not isinstance(estimator, str) or estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {estimator!r}; expected one of {list(ESTIMATORS)}")
+        if self.posterior == "full" and estimator not in ("reparam", "blocked"):
+            raise ValueError(f"posterior='full' supports estimator 'reparam' or 'blocked'; got {estimator!r}")
+        if baseline is not None and estimator != "score":
+            raise ValueError(f"a baseline only applies to estimator='score' (got estimator={estimator!r})")
+        if isinstance(baseline, str) and baseline != "loo":
+            raise ValueError(f"baseline must be None, 'loo' or a baseline object; got {baseline!r}")
+        if isinstance(beta, bool) or not np.isscalar(beta) or not np.isfinite(beta) or beta < 0:
+            raise ValueError(f"beta must be a finite number >= 0; got {beta!r}")
+        beta = float(beta)
+
+        eps = check.noise(eps, n_samples, x.shape[0], self.latent_dim, rng, self.dtype)
+        L, B, Z = eps.shape
+        f = self._forward(x, eps, c)
+        q = f["q"]
+        loss = -(f["rec"].mean(axis=0) - beta * f["kl"]).mean()
+
+        # --- backward: decoder (Eq. (B7), docs/backprop.md). d loss / d log p(x|z_bl) = -1 / (L B).
+        dz = self._decoder_backward(x, f["out"], np.full((L, B), -1.0 / (L * B), dtype=self.dtype))
+
+        # --- encoder: the data term's gradient, by the chosen estimator ...
+        if estimator == "reparam":       # Eq. (R2), docs/reparameterization.md
+            dq = self._sample_z_backward(q, eps, dz)
+        elif estimator == "blocked":     # no path from the data term to phi
+            dq = {name: np.zeros_like(v) for name, v in q.items()}
+        elif estimator == "score":       # Eq. (S1), docs/estimators.md
+            if baseline is None:
+                b = 0.0
+            elif isinstance(baseline, str):
+                b = leave_one_out_baseline(f["rec"])
+            else:
+                b = baseline.value(x)
+            dmu, dlogvar = score_function_grad(f["rec"], eps, q["logvar"], b)
+            dq = {"mu": dmu, "logvar": dlogvar}
+            if baseline is not None and not isinstance(baseline, str):
+                baseline.observe(x, f["rec"])
+        else:                            # "stl", Eq. (T1), docs/estimators.md
+            dz_kl = stl_path_grad_z(eps, f["z"], q["logvar"], beta) * (1.0 / (L * B))
+            dq = self._sample_z_backward(q, eps, dz + dz_kl)
+        # ... plus beta times the analytic KL gradient (Eq. (K3), docs/kl.md), averaged over the batch
+        # (stl has its KL in Monte Carlo form, already in dz_kl).
+        if estimator != "stl":
+            for name, g in self._kl_grad(q).items():
+                dq[name] = dq[name] + (beta / B) * g
+
+        rec = f["rec"].mean(axis=0)
+        return float(loss), dq, {"elbo": rec - f["kl"], "rec": rec, "kl": f["kl"]}
+
+    def _log_weights(self, x, c, eps):
+        """log w_k = log p(x | z_k) + log p(z_k) - log q(z_k | x) for z_k = mu + L eps_k: shape (K, B).
+        Eq. (I1), docs/importance.md. log q is written with eps (Eq. (I3), docs/importance.md): z - mu = L eps.
+        Also returns the forward pass, for the IWAE backward pass."""
+        K, B, Z = eps.shape
+        q = self._encode(x, c)
+        z = self._sample_z(q, eps)
+        out = self._decode_outputs(z.reshape(K * B, Z), self._repeat_condition(c, K))
+        out = {name: v.reshape(K, B, self.input_dim) for name, v in out.items()}
+        log_w = self.likelihood.log_prob(x, out) + log_standard_normal(z) - log_q_from_eps(q["logvar"], eps)
+        return log_w, {"q": q, "z": z, "out": out}
+
+    @staticmethod
+    def _log_mean_exp(log_w):
+        m = np.max(log_w, axis=0)
+        m = np.where(np.isfinite(m), m, 0.0)   # an all -inf column gives -inf, not NaN
+        return m + np.log(np.mean(np.exp(log_w - m), axis=0))
+
+    def _iwae_loss_and_grads(self, x, c, k, eps, rng, return_terms):
+        """Eq. (I5), docs/importance.md: with normalised weights w~_i = w_i / sum_j w_j,
+
+            d L_k / d params = sum_i w~_i  d log w_i / d params,
+
+        where log w_i depends on the parameters through the decoder (log p(x|z_i)), through the
+        path z_i = mu + L eps_i (in log p(x|z_i) + log p(z_i)), and directly through
+        log q = -1/2 sum (log 2pi + logvar + eps^2), whose logvar-derivative is -1/2.
+        """
+        eps = check.noise(eps, k, x.shape[0], self.latent_dim, rng, self.dtype)
+        K, B, Z = eps.shape
+        log_w, f = self._log_weights(x, c, eps)
+        bound = self._log_mean_exp(log_w)
+        loss = -float(np.mean(bound))
+        weight = normalized_importance_weights(log_w, axis=0) * (-1.0 / B)      # d loss / d log w: (K, B)
+        dz = self._decoder_backward(x, f["out"], weight)                        # through log p(x|z)
+        dz = dz + weight[..., None] * (-f["z"])                                  # through log p(z): d/dz = -z
+        dq = self._sample_z_backward(f["q"], eps, dz)
+        # through -log q directly: d(-log q)/dlogvar_j = +1/2, weighted by sum_i w~_i = 1 per datapoint.
+        dq["logvar"] = dq["logvar"] + 0.5 * weight.sum(axis=0)[:, None]
+        self._encoder_backward(dq)
+        if return_terms:
+            return loss, self._collect_grads(), {"bound": bound}
+        return loss, self._collect_grads()
+
+    def _log_likelihood(self, x, c, n_importance, rng, chunk_size):
         K = check.check_positive_int(n_importance, "n_importance")
         check.check_rng(rng)
         B = x.shape[0]
@@ -310,19 +444,20 @@ class VAE:
             per_sample = B * self.input_dim * self.dtype.itemsize * (1 + len(self.dec_heads))
             chunk_size = max(1, min(K, (64 << 20) // max(per_sample, 1)))
         chunk_size = check.check_positive_int(chunk_size, "chunk_size")
-
-        mu, logvar = self._encode(x)
         log_sum = np.full(B, -np.inf)
         for start in range(0, K, chunk_size):
             k = min(chunk_size, K - start)
             eps = rng.standard_normal((k, B, self.latent_dim), dtype=self.dtype)
-            z = reparameterize(mu, logvar, eps)
-            out = self._decode_outputs(z.reshape(k * B, self.latent_dim))
-            out = {name: v.reshape(k, B, self.input_dim) for name, v in out.items()}
-            # log q(z|x) from eps directly: z - mu = sigma * eps, so the quadratic term is eps^2.
-            log_q = -0.5 * np.sum(LOG_2PI + logvar + eps * eps, axis=-1)
-            log_w = self.likelihood.log_prob(x, out) + log_standard_normal(z) - log_q   # (k, B)
-            m = np.max(log_w, axis=0)
-            m = np.where(np.isfinite(m), m, 0.0)   # an all -inf chunk adds exp(-inf) = 0, not NaN
-            log_sum = np.logaddexp(log_sum, m + np.log(np.sum(np.exp(log_w - m), axis=0)))
+            log_w, _ = self._log_weights(x, c, eps)
+            # Combine chunks by log-sum-exp: log sum_all = logaddexp(log sum_before, log sum_chunk).
+            log_sum = np.logaddexp(log_sum, self._log_mean_exp(log_w) + math.log(k))
         return (log_sum - math.log(K)).astype(self.dtype)
+
+    def _collect_grads(self):
+        grads = {f"enc.{k}": v for k, v in self.encoder.named_grads().items()}
+        for head, layer in self.enc_heads.items():
+            grads.update({f"enc.{head}.{k}": v for k, v in layer.grads.items()})
+        grads.update({f"dec.{k}": v for k, v in self.decoder.named_grads().items()})
+        for head, layer in self.dec_heads.items():
+            grads.update({f"dec.{head}.{k}": v for k, v in layer.grads.items()})
+        return grads

@@ -81,7 +81,8 @@ def test_stl_plus_score_term_is_the_full_pathwise_gradient(grad_report):
     eps = rng.standard_normal((L, B, 3))
 
     def mc_entropy_loss():
-        mu, logvar = m._encode(x)
+        q = m._encode(x)
+        mu, logvar = q["mu"], q["logvar"]
         z = mu + np.exp(0.5 * logvar) * eps
         out = m._decode_outputs(z.reshape(L * B, 3))
         rec = m.likelihood.log_prob(x, {k: v.reshape(L, B, 6) for k, v in out.items()})
@@ -207,7 +208,7 @@ def test_blocked_sends_only_the_kl_to_the_encoder(grad_report):
     beta = 0.6
     _, g_blocked = m.loss_and_grads(x, eps=eps, n_samples=2, estimator="blocked", beta=beta)
     _, g_reparam = m.loss_and_grads(x, eps=eps, n_samples=2, estimator="reparam", beta=beta)
-    kl_loss = lambda: beta * float(np.mean(kl_diag_gaussian_standard(*m._encode(x))))  # noqa: E731
+    kl_loss = lambda: beta * float(np.mean(kl_diag_gaussian_standard(m._encode(x)["mu"], m._encode(x)["logvar"])))  # noqa: E731,E501
     errors = {k: rel_error(g_blocked[k], numerical_gradient(kl_loss, p))
               for k, p in m.params.items() if k.startswith("enc.")}
     grad_report("estimators.blocked (= KL gradient)", errors)
