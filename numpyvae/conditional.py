@@ -87,7 +87,7 @@ class ConditionalVAE(VAE):
 
     def loss_and_grads(self, x, y, eps=None, n_samples=1, rng=None, estimator="reparam", beta=1.0,
                        return_terms=False, baseline=None):
-        """The VAE's loss and gradients (Eq. (E7), docs/elbo.md) with both networks conditioned on y."""
+        """The loss -(ELBO) of Eq. (E8), docs/elbo.md, with beta on the KL, and its gradients."""
         x = self._check_x(x)
         return self._loss_and_grads(x, self._condition(y, x.shape[0]), eps, n_samples, rng, estimator, beta,
                                     return_terms, baseline)

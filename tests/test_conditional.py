@@ -1,0 +1,59 @@
+"""The conditional VAE: shapes, the label actually conditions both networks, gradients by
+finite differences, and clear errors for bad labels."""
+
+import numpy as np
+import pytest
+
+from numpyvae.conditional import ConditionalVAE, one_hot
+from numpyvae.gradcheck import check_param_grads
+
+
+def test_one_hot():
+    np.testing.assert_array_equal(one_hot(np.array([2, 0]), 3), [[0, 0, 1], [1, 0, 0]])
+    with pytest.raises(ValueError, match=r"labels must lie in 0\.\.2"):
+        one_hot(np.array([3]), 3)
+    with pytest.raises(ValueError, match="integer class labels"):
+        one_hot(np.array([0.5]), 3)
+
+
+@pytest.mark.parametrize("hidden", [(), (5,), (5, 4)])
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian-learned"])
+def test_cvae_gradients(hidden, likelihood, grad_report):
+    rng = np.random.default_rng(0)
+    m = ConditionalVAE(6, 4, hidden, 3, likelihood=likelihood, seed=0, dtype=np.float64)
+    for v in m.params.values():
+        v += 0.2 * rng.standard_normal(v.shape)
+    x = rng.random((5, 6)) if likelihood == "bernoulli" else rng.standard_normal((5, 6))
+    y, eps = np.array([0, 3, 1, 2, 3]), rng.standard_normal((2, 5, 3))
+    _, g = m.loss_and_grads(x, y, eps=eps, n_samples=2, beta=0.8)
+    grad_report(f"ConditionalVAE[{likelihood}]",
+                check_param_grads(lambda: m.loss_and_grads(x, y, eps=eps, n_samples=2, beta=0.8)[0], m.params, g))
+    eps3 = rng.standard_normal((3, 5, 3))
+    _, g = m.iwae_loss_and_grads(x, y, k=3, eps=eps3)
+    grad_report(f"ConditionalVAE[{likelihood},iwae]",
+                check_param_grads(lambda: m.iwae_loss_and_grads(x, y, k=3, eps=eps3)[0], m.params, g))
+
+
+def test_shapes_and_conditioning():
+    rng = np.random.default_rng(1)
+    m = ConditionalVAE(6, 10, (8,), 2, seed=0, dtype=np.float64)
+    assert m.params["enc.h0.W"].shape == (16, 8) and m.params["dec.h0.W"].shape == (12, 8)
+    z = rng.standard_normal((3, 2))
+    grid = m.class_grid(z)
+    assert grid.shape == (3, 10, 6)
+    assert not np.allclose(grid[:, 0], grid[:, 1]), "the label must change the decoded image"
+    np.testing.assert_allclose(grid[:, 4], m.decode(z, np.full(3, 4)))
+    x = rng.random((3, 6))
+    mu0, _ = m.encode(x, np.zeros(3, int))
+    mu1, _ = m.encode(x, np.ones(3, int))
+    assert not np.allclose(mu0, mu1), "the label must reach the encoder"
+    assert m.elbo(x, np.array([1, 2, 3]), rng=rng).shape == (3,)
+    assert m.log_likelihood(x, np.array([1, 2, 3]), n_importance=10, rng=rng).shape == (3,)
+    assert m.sample(np.arange(10), rng).shape == (10, 6)
+    assert m.config["n_classes"] == 10
+
+
+def test_label_count_mismatch():
+    m = ConditionalVAE(6, 3, (4,), 2)
+    with pytest.raises(ValueError, match="y has 2 labels but the batch has 3 rows"):
+        m.elbo(np.zeros((3, 6)), np.array([0, 1]), rng=np.random.default_rng(0))
