@@ -402,8 +402,9 @@ class VAE:
         z = self._sample_z(q, eps)
         out = self._decode_outputs(z.reshape(K * B, Z), self._repeat_condition(c, K))
         out = {name: v.reshape(K, B, self.input_dim) for name, v in out.items()}
-        log_w = self.likelihood.log_prob(x, out) + log_standard_normal(z) - log_q_from_eps(q["logvar"], eps)
-        return log_w, {"q": q, "z": z, "out": out}
+        rec = self.likelihood.log_prob(x, out)
+        log_w = rec + log_standard_normal(z) - log_q_from_eps(q["logvar"], eps)
+        return log_w, {"q": q, "z": z, "out": out, "rec": rec}
 
     @staticmethod
     def _log_mean_exp(log_w):
@@ -433,7 +434,9 @@ class VAE:
         dq["logvar"] = dq["logvar"] + 0.5 * weight.sum(axis=0)[:, None]
         self._encoder_backward(dq)
         if return_terms:
-            return loss, self._collect_grads(), {"bound": bound}
+            # The ELBO's terms from the same samples, so IWAE runs report numbers comparable with ELBO runs.
+            rec, kl = f["rec"].mean(axis=0), self._kl(f["q"])
+            return loss, self._collect_grads(), {"bound": bound, "elbo": rec - kl, "rec": rec, "kl": kl}
         return loss, self._collect_grads()
 
     def _log_likelihood(self, x, c, n_importance, rng, chunk_size):

@@ -306,6 +306,15 @@ def plot_image_grid(images, path, nrow, image_shape=(28, 28), title=None):
     return _save(fig, path)
 
 
+def plot_class_grid(model, path, rng, n_styles=8, image_shape=(28, 28)):
+    """Conditional VAE: row i decodes one shared code z_i ~ N(0, I) with every class label, so a
+    row holds one style (slant, thickness) drawn as each digit. Returns path."""
+    z = rng.standard_normal((n_styles, model.latent_dim), dtype=model.dtype)
+    images = model.class_grid(z).reshape(n_styles * model.n_classes, -1)
+    title = f"one z per row, class label 0 .. {model.n_classes - 1} along it"
+    return plot_image_grid(images, path, nrow=model.n_classes, image_shape=image_shape, title=title)
+
+
 def _check_history(history):
     """Return the history as a dict of equal-length float arrays (plus "beta" if given)."""
     missing = [k for k in HISTORY_KEYS if k not in history]

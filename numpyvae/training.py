@@ -30,6 +30,7 @@ from ._validate import check_positive_int
 from .checkpoint import atomic_write_json, load_checkpoint, rng_from_json, rng_state_to_json, save_checkpoint
 from .data import binarize
 from .estimators import BASELINES, make_baseline
+from .conditional import ConditionalVAE
 from .model import VAE
 from .optim import SGD, Adam
 
@@ -55,6 +56,9 @@ class TrainConfig:
     estimator       gradient estimator passed to VAE.loss_and_grads
     baseline        control variate for estimator="score": "none", "ema", "loo" (needs
                     n_samples >= 2) or "learned" (an MLP b(x), trained alongside)
+    objective       "elbo" (Eq. E7) or "iwae": the importance-weighted bound with k samples
+                    (Eq. I4, docs/importance.md), trained with its pathwise gradient
+    k               importance samples per datapoint for objective="iwae"
     beta            final weight on the KL term
     warmup_epochs   KL warm-up: beta grows linearly from 0 to ``beta`` over this many epochs
                     (0 = no warm-up); Bowman et al. 2016, Sonderby et al. 2016
@@ -72,6 +76,8 @@ class TrainConfig:
     n_samples: int = 1
     estimator: str = "reparam"
     baseline: str = "none"
+    objective: str = "elbo"
+    k: int = 5
     beta: float = 1.0
     warmup_epochs: float = 0.0
     binarize: str = "none"
@@ -92,6 +98,12 @@ class TrainConfig:
             raise ValueError(f"baseline={self.baseline!r} needs estimator='score' (got {self.estimator!r})")
         if self.baseline == "loo" and self.n_samples < 2:
             raise ValueError("baseline='loo' needs n_samples >= 2")
+        if self.objective not in ("elbo", "iwae"):
+            raise ValueError(f"objective must be 'elbo' or 'iwae'; got {self.objective!r}")
+        check_positive_int(self.k, "k")
+        if self.objective == "iwae" and (self.estimator != "reparam" or self.beta != 1.0 or self.warmup_epochs):
+            raise ValueError("objective='iwae' trains with its own pathwise gradient: it takes no --estimator, "
+                             "--beta or --warmup")
         if self.binarize not in BINARIZE_MODES:
             raise ValueError(f"binarize must be one of {list(BINARIZE_MODES)}; got {self.binarize!r}")
         if not (self.beta >= 0 and math.isfinite(self.beta)):
@@ -149,7 +161,16 @@ def prepare_pixels(x_train, x_test, mode, seed, likelihood):
     return (binarize(x_train, rng) if mode == "static" else x_train), x_test_bin
 
 
-def evaluate_elbo(model, x, eps, batch_size=1000):
+def _labels(model, y, idx=None):
+    """The extra positional argument a conditional model needs: (y[idx],), or () for a plain VAE."""
+    if not isinstance(model, ConditionalVAE):
+        return ()
+    if y is None:
+        raise ValueError("a ConditionalVAE needs the labels: pass y_train / y_test")
+    return (y if idx is None else y[idx],)
+
+
+def evaluate_elbo(model, x, eps, batch_size=1000, y=None):
     """Mean ELBO, reconstruction term and KL (nats per datapoint) of x (N, D) with fixed noise
     eps of shape (L, N, Z), in batches; also the KL of each latent dimension, averaged over x
     (a dimension with KL ~ 0 is unused: its posterior is the prior). Returns Python floats and
@@ -157,11 +178,11 @@ def evaluate_elbo(model, x, eps, batch_size=1000):
     sums = {"elbo": 0.0, "rec": 0.0, "kl": 0.0}
     kl_dims = np.zeros(model.latent_dim)
     for i in range(0, x.shape[0], batch_size):
-        xb = x[i:i + batch_size]
-        terms = model.elbo_terms(xb, eps=eps[:, i:i + batch_size], n_samples=eps.shape[0])
+        xb, yb = x[i:i + batch_size], _labels(model, y, slice(i, i + batch_size))
+        terms = model.elbo_terms(xb, *yb, eps=eps[:, i:i + batch_size], n_samples=eps.shape[0])
         for k in sums:
             sums[k] += float(np.sum(terms[k], dtype=np.float64))
-        mu, logvar = model.encode(xb)
+        mu, logvar = model.encode(xb, *yb)
         # Eq. (K2), docs/kl.md, per dimension instead of summed.
         kl_dims += np.sum(0.5 * (mu * mu + np.expm1(logvar) - logvar), axis=0, dtype=np.float64)
     result = {k: v / x.shape[0] for k, v in sums.items()}
@@ -179,13 +200,15 @@ def _format_eta(seconds):
     return f"{seconds // 60:d}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds:d}s"
 
 
-def train(run, x_train, x_test, out_dir=None, log=print, progress=None, on_epoch_end=None):
+def train(run, x_train, x_test, out_dir=None, log=print, progress=None, on_epoch_end=None,
+          y_train=None, y_test=None):
     """Train ``run.model`` from epoch ``run.epoch`` up to ``run.config.epochs``.
 
     x_train, x_test: (N, D) arrays as given to prepare_pixels (already binarised if static).
     out_dir: when given, a checkpoint and history.json are written there after every epoch.
     log: called with one summary line per epoch. progress: ``True`` for an in-place progress
     line with rate and ETA during each epoch (default: when stdout is a terminal).
+    y_train, y_test: integer labels, needed (only) when the model is a ConditionalVAE.
     Returns the run (updated in place).
     """
     model, cfg, rng = run.model, run.config, run.rng
@@ -205,9 +228,14 @@ def train(run, x_train, x_test, out_dir=None, log=print, progress=None, on_epoch
         batches = minibatches(n, cfg.batch_size, rng)
         for i, idx in enumerate(batches):
             beta = kl_warmup_beta(run.epoch * steps_per_epoch + i, steps_per_epoch, cfg)
-            _, grads, terms = model.loss_and_grads(x_epoch[idx], n_samples=cfg.n_samples, rng=rng,
-                                                   estimator=cfg.estimator, beta=beta, return_terms=True,
-                                                   baseline=run.baseline)
+            labels = _labels(model, y_train, idx)
+            if cfg.objective == "iwae":
+                _, grads, terms = model.iwae_loss_and_grads(x_epoch[idx], *labels, k=cfg.k, rng=rng,
+                                                            return_terms=True)
+            else:
+                _, grads, terms = model.loss_and_grads(x_epoch[idx], *labels, n_samples=cfg.n_samples, rng=rng,
+                                                       estimator=cfg.estimator, beta=beta, return_terms=True,
+                                                       baseline=run.baseline)
             run.optimizer.step(grads)
             for k in sums:
                 sums[k] += float(np.sum(terms[k], dtype=np.float64))
@@ -221,7 +249,7 @@ def train(run, x_train, x_test, out_dir=None, log=print, progress=None, on_epoch
                       f"{rate:7.0f} samples/s  ETA {_format_eta(eta)}   ", end="", flush=True)
         if progress:
             print("\r" + " " * 100 + "\r", end="", flush=True)
-        test = evaluate_elbo(model, x_test, eps_test)
+        test = evaluate_elbo(model, x_test, eps_test, y=y_test)
         seconds = time.perf_counter() - start
         row = {"epoch": epoch, "train_elbo": sums["elbo"] / n, "train_rec": sums["rec"] / n,
                "train_kl": sums["kl"] / n, "test_elbo": test["elbo"], "test_rec": test["rec"],
@@ -286,7 +314,7 @@ def load_run(path):
         model_cfg = dict(meta["model"])
         model_cfg["hidden_dims"] = tuple(model_cfg["hidden_dims"])
         model_cfg["dtype"] = np.dtype(model_cfg["dtype"])
-        model = VAE(**model_cfg)
+        model = ConditionalVAE(**model_cfg) if "n_classes" in model_cfg else VAE(**model_cfg)
         config = TrainConfig(**meta["train"])
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{ckpt}: checkpoint metadata is incomplete or from another version: {exc}") from exc

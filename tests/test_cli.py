@@ -67,3 +67,21 @@ def test_user_errors(tmp_path, capsys):
     assert "expected a positive integer" in capsys.readouterr().err
     assert main(["train", "--data-dir", str(tmp_path), "--out", str(tmp_path / "x")]) == 1
     assert "train-images-idx3-ubyte" in capsys.readouterr().err
+
+
+def test_conditional_iwae_and_full_posterior_runs(tmp_path, capsys):
+    tiny = ["--hidden", "16", "--latent-dim", "3", "--epochs", "1", "--batch-size", "256"]
+    cv = tmp_path / "cv"
+    assert main(["train", *tiny, "--conditional", "--out", str(cv)]) == 0
+    assert (cv / "class_grid.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((cv / "config.json").read_text())["model"]["n_classes"] == 10
+    assert main(["evaluate", str(cv), "--importance", "5", "--limit", "20"]) == 0
+    assert main(["sample", str(cv), "-n", "20"]) == 0 and main(["reconstruct", str(cv), "-n", "4"]) == 0
+    iw = tmp_path / "iw"
+    assert main(["train", *tiny, "--objective", "iwae", "--k", "3", "--posterior", "full", "--no-figures",
+                 "--out", str(iw)]) == 0
+    cfg = json.loads((iw / "config.json").read_text())
+    assert cfg["train"]["objective"] == "iwae" and cfg["train"]["k"] == 3 and cfg["model"]["posterior"] == "full"
+    assert main(["train", "--resume", "--out", str(iw), "--epochs", "2", "--no-figures"]) == 0
+    assert main(["train", *tiny, "--objective", "iwae", "--estimator", "score", "--out", str(tmp_path / "x")]) == 1
+    assert "takes no --estimator" in capsys.readouterr().err
