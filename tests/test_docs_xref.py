@@ -44,6 +44,7 @@ PACKAGE = "numpyvae"
 EXPECTED_DOCS = {
     "README.md": "", "elbo.md": "E", "kl.md": "KF", "distributions.md": "GL",
     "reparameterization.md": "R", "importance.md": "I", "backprop.md": "B", "gradcheck.md": "C",
+    "estimators.md": "STV", "ppca.md": "PQA",
 }
 
 LABEL = r"[A-Z][0-9]+"

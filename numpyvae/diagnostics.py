@@ -1,0 +1,119 @@
+"""Looking inside a trained VAE: which latent dimensions it uses, and a naive log p(x).
+
+    kl_per_dimension(model, x)        -> (Z,)  how many nats each latent dimension carries
+    active_units(model, x)            -> (count, (Z,) variances)  Burda et al. (2016)
+    log_likelihood_prior_sampling(model, x, K, rng) -> (B,)  log p(x) by sampling the prior
+
+The first two answer "is this latent dimension used?" (docs/ppca.md, section 6). A dimension
+whose posterior equals the prior for every x carries no information about x: its KL is 0 and
+its posterior mean does not move with x. VAEs often switch dimensions off like this
+("posterior collapse"), so these numbers are worth printing after every training run.
+
+The third is the simplest possible Monte Carlo estimate of log p(x), with z drawn from the
+prior instead of from the encoder. It is correct on average, but it needs absurdly many
+samples when the posterior is narrow compared with the prior (docs/ppca.md, section 5);
+it is here to show *why* VAE.log_likelihood samples from q(z|x) instead.
+"""
+
+import math
+
+import numpy as np
+
+from . import _validate as check
+
+__all__ = ["kl_per_dimension", "active_units", "log_likelihood_prior_sampling"]
+
+
+def _posterior_batches(model, x, batch_size, y=None):
+    """Yield (mu, logvar), each (b, Z), for consecutive batches of x (N, D) (and labels y for a
+    conditional model, whose encoder also reads the label)."""
+    x = model._check_x(x)
+    batch_size = check.check_positive_int(batch_size, "batch_size")
+    for start in range(0, x.shape[0], batch_size):
+        labels = () if y is None else (y[start:start + batch_size],)
+        yield model.encode(x[start:start + batch_size], *labels)
+
+
+def kl_per_dimension(model, x, batch_size=1000, y=None):
+    """The KL of each latent dimension from the prior, averaged over the data: shape (Z,).
+    Eq. (A1), docs/ppca.md
+
+        KL_j = 1/N sum_n 1/2 ( mu_j(x_n)^2 + sigma_j^2(x_n) - 1 - log sigma_j^2(x_n) )
+
+    For a diagonal posterior the KL of the ELBO ((K2) in docs/kl.md) is the sum of these
+    per-dimension terms, so kl_per_dimension(model, x).sum() is the model's mean KL. A dimension with KL_j
+    close to 0 is unused: its posterior is the prior for (almost) every x.
+    Accumulated in float64 over batches of ``batch_size`` datapoints.
+    """
+    if getattr(model, "posterior", "diag") != "diag":
+        # With a full covariance the KL does not split into a sum over dimensions.
+        raise ValueError("kl_per_dimension needs a diagonal posterior (posterior='diag'); "
+                         f"got posterior={model.posterior!r}")
+    total = np.zeros(model.latent_dim)
+    n = 0
+    for mu, logvar in _posterior_batches(model, x, batch_size, y):
+        # expm1(v) - v = exp(v) - 1 - v without cancellation for tiny v (as in (K2), docs/kl.md).
+        total += np.sum(0.5 * (mu * mu + np.expm1(logvar) - logvar), axis=0, dtype=np.float64)
+        n += mu.shape[0]
+    return total / n
+
+
+def active_units(model, x, threshold=0.01, batch_size=1000, y=None):
+    """Count the latent dimensions the model actually uses (Burda, Grosse & Salakhutdinov, 2016).
+    Eq. (A2), docs/ppca.md
+
+    Unit j is active if its posterior mean moves with the data:
+
+        A_j = Var over x of E_q[z_j | x] = 1/N sum_n (mu_j(x_n) - mean_n mu_j)^2  >  threshold
+
+    (the 1/N population variance, as in the paper, whose threshold is 0.01). The posterior
+    variance plays no part: a unit whose mean is the same for every x tells the decoder
+    nothing about x, however its variance behaves. Returns ``(count, variances)`` with count
+    a Python int and variances the (Z,) float64 array of A_j.
+    """
+    if isinstance(threshold, bool) or not np.isscalar(threshold) or not np.isfinite(threshold) or threshold < 0:
+        raise ValueError(f"threshold must be a finite number >= 0; got {threshold!r}")
+    # The means are only (N, Z): keeping them all lets np.var do a stable two-pass variance.
+    mu = np.concatenate([m.astype(np.float64) for m, _ in _posterior_batches(model, x, batch_size, y)])
+    variances = mu.var(axis=0)
+    return int(np.sum(variances > threshold)), variances
+
+
+def log_likelihood_prior_sampling(model, x, n_samples, rng, chunk_size=None):
+    """Naive Monte Carlo estimate of log p(x), z drawn from the prior: shape (B,).
+    Eq. (Q1), docs/ppca.md
+
+        log p(x) ~= log 1/K sum_k p(x | z_k),   z_k ~ N(0, I),  k = 1..K
+
+    This is importance sampling ((I2) in docs/importance.md) with the prior as the proposal:
+    the weights p(x|z) p(z) / p(z) are just the likelihoods. The average of p(x | z_k) is
+    unbiased for p(x), and its log is a lower bound in expectation, like every such estimate.
+    But almost every prior sample lands where the posterior is tiny, so a handful of lucky
+    samples carry the whole sum and the estimate is far below log p(x) until K is huge
+    (docs/ppca.md, section 5). Compare VAE.log_likelihood, which samples from q(z|x).
+
+    x: (B, D); n_samples: K; rng: np.random.Generator. The K samples are drawn and decoded
+    ``chunk_size`` at a time (default: about 64 MB of decoder output per chunk); the chunks
+    are combined by log-sum-exp, and the result does not depend on chunk_size.
+    """
+    x = model._check_x(x)
+    K = check.check_positive_int(n_samples, "n_samples")
+    check.check_rng(rng)
+    B, D, Z = x.shape[0], model.input_dim, model.latent_dim
+    if chunk_size is None:
+        per_sample = B * D * model.dtype.itemsize * (1 + len(model.dec_heads))
+        chunk_size = max(1, min(K, (64 << 20) // max(per_sample, 1)))
+    chunk_size = check.check_positive_int(chunk_size, "chunk_size")
+
+    log_sum = np.full(B, -np.inf)          # log sum_k p(x | z_k) over the chunks so far
+    for start in range(0, K, chunk_size):
+        k = min(chunk_size, K - start)
+        z = rng.standard_normal((k, B, Z), dtype=model.dtype)
+        out = model._decode_outputs(z.reshape(k * B, Z))
+        out = {name: v.reshape(k, B, D) for name, v in out.items()}
+        log_px_z = model.likelihood.log_prob(x, out)          # (k, B); x broadcasts over the k samples
+        # log-sum-exp of the chunk: the largest term factored out, so nothing underflows to log 0.
+        m = np.max(log_px_z, axis=0)
+        m = np.where(np.isfinite(m), m, 0.0)                   # an all -inf chunk adds 0, not NaN
+        log_sum = np.logaddexp(log_sum, m + np.log(np.sum(np.exp(log_px_z - m), axis=0)))
+    return (log_sum - math.log(K)).astype(model.dtype)
