@@ -14,6 +14,7 @@ from .distributions import (  # noqa: F401
 from .layers import MLP, Identity, Linear, ReLU, Sigmoid, Softplus, Tanh  # noqa: F401
 from .model import VAE  # noqa: F401
 from .conditional import ConditionalVAE  # noqa: F401
+from .autoencoder import Autoencoder  # noqa: F401
 from .optim import SGD, Adam, clip_grad_norm  # noqa: F401
 from .data import Dataset, binarize, load_dataset, make_gaussian_mixture, make_sin_surface  # noqa: F401
-from . import data, diagnostics, estimators, gradcheck, ppca  # noqa: F401
+from . import autoencoder, data, diagnostics, estimators, gradcheck, ppca  # noqa: F401

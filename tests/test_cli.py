@@ -85,3 +85,10 @@ def test_conditional_iwae_and_full_posterior_runs(tmp_path, capsys):
     assert main(["train", "--resume", "--out", str(iw), "--epochs", "2", "--no-figures"]) == 0
     assert main(["train", *tiny, "--objective", "iwae", "--estimator", "score", "--out", str(tmp_path / "x")]) == 1
     assert "takes no --estimator" in capsys.readouterr().err
+
+
+def test_autoencoders_command(tmp_path, capsys):
+    assert main(["autoencoders", "--quick", "--epochs", "1", "--out", str(tmp_path)]) == 0
+    assert {"random_codes.png", "denoising.png", "autoencoders.json"} <= set(os.listdir(tmp_path))
+    assert "DAE" in capsys.readouterr().out
+    assert main(["autoencoders", "--quick", "--noise", "salt", "--out", str(tmp_path)]) == 1

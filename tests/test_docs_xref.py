@@ -44,7 +44,7 @@ PACKAGE = "numpyvae"
 EXPECTED_DOCS = {
     "README.md": "", "elbo.md": "E", "kl.md": "KF", "distributions.md": "GL",
     "reparameterization.md": "R", "importance.md": "I", "backprop.md": "B", "gradcheck.md": "C",
-    "estimators.md": "STV", "ppca.md": "PQA",
+    "estimators.md": "STV", "ppca.md": "PQA", "autoencoders.md": "D",
 }
 
 LABEL = r"[A-Z][0-9]+"
