@@ -8,6 +8,12 @@ Every layer follows one small protocol (docs/backprop.md):
   and returns the gradient with respect to ``x``. A layer with parameters also stores
   the gradients of its parameters in ``layer.grads`` (same keys as ``layer.params``).
 
+Two economies keep the hot path lean without changing any result:
+* activations may overwrite their input (``forward(x, inplace=True)``), which MLP uses
+  because a Linear layer's output is read by nothing but the activation after it;
+* ``Linear.backward(dy, need_dx=False)`` skips the input gradient (a whole matmul) for a
+  first layer, whose input is data and needs no gradient.
+
 Arrays are batch-first: ``x`` has shape ``(N, in_features)``. When a VAE draws L Monte
 Carlo samples per datapoint they are stacked into the batch dimension (``N = L * B``)
 so that every layer is a single BLAS matrix product, never a Python loop over rows.
@@ -90,13 +96,15 @@ class Linear:
 
     def forward(self, x):
         self.cache = x
-        return x @ self.params["W"] + self.params["b"]
+        y = x @ self.params["W"]
+        y += self.params["b"]     # in place: saves a temporary of the output's size
+        return y
 
-    def backward(self, dy):
+    def backward(self, dy, need_dx=True):
         x = self.cache
         # Fresh arrays each call: a gradient dict returned earlier is never overwritten.
         self.grads = {"W": x.T @ dy, "b": dy.sum(axis=0)}
-        return dy @ self.params["W"].T
+        return dy @ self.params["W"].T if need_dx else None
 
 
 class Tanh:
@@ -105,8 +113,8 @@ class Tanh:
     params = {}
     grads = {}
 
-    def forward(self, x):
-        y = np.tanh(x)
+    def forward(self, x, inplace=False):
+        y = np.tanh(x, out=x if inplace else None)
         self.cache = y
         return y
 
@@ -121,10 +129,9 @@ class ReLU:
     params = {}
     grads = {}
 
-    def forward(self, x):
-        mask = x > 0
-        self.cache = mask
-        return x * mask
+    def forward(self, x, inplace=False):
+        self.cache = x > 0
+        return np.maximum(x, 0, out=x if inplace else None)
 
     def backward(self, dy):
         return dy * self.cache
@@ -136,8 +143,8 @@ class Sigmoid:
     params = {}
     grads = {}
 
-    def forward(self, x):
-        y = sigmoid(x)
+    def forward(self, x, inplace=False):
+        y = expit(x, out=x if inplace else None)
         self.cache = y
         return y
 
@@ -152,8 +159,8 @@ class Softplus:
     params = {}
     grads = {}
 
-    def forward(self, x):
-        self.cache = x
+    def forward(self, x, inplace=False):
+        self.cache = x            # the backward pass needs x itself, so never in place
         return softplus(x)
 
     def backward(self, dy):
@@ -166,7 +173,7 @@ class Identity:
     params = {}
     grads = {}
 
-    def forward(self, x):
+    def forward(self, x, inplace=False):
         return x
 
     def backward(self, dy):
@@ -211,12 +218,16 @@ class MLP:
 
     def forward(self, x):
         for lin, act in zip(self.linears, self.activations):
-            x = act.forward(lin.forward(x))
+            # The Linear output is a fresh array read only by the activation: overwrite it.
+            x = act.forward(lin.forward(x), inplace=True)
         return x
 
-    def backward(self, dy):
-        for lin, act in zip(reversed(self.linears), reversed(self.activations)):
-            dy = lin.backward(act.backward(dy))
+    def backward(self, dy, need_dx=True):
+        """Backward through the stack. need_dx=False skips the first layer's input gradient
+        (returns None), for an MLP whose input is data."""
+        n = len(self.linears)
+        for i, (lin, act) in enumerate(zip(reversed(self.linears), reversed(self.activations))):
+            dy = lin.backward(act.backward(dy), need_dx=need_dx or i < n - 1)
         return dy
 
     def named_params(self):

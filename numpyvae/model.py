@@ -215,8 +215,15 @@ class VAE:
     def _encoder_backward(self, dq):
         """Backward through the encoder heads and trunk (the last steps of Eq. (B7), docs/backprop.md):
         every head reads the same trunk output, so their input gradients add."""
-        dh = sum(self.enc_heads[name].backward(g) for name, g in dq.items())
-        self.encoder.backward(dh)
+        # The encoder's input is data: no gradient is needed for it (saves the first layer's
+        # input-gradient matmul; with no hidden layer, the heads' own input gradients).
+        trunk = bool(self.encoder.linears)
+        dh = None
+        for name, g in dq.items():
+            d = self.enc_heads[name].backward(g, need_dx=trunk)
+            dh = d if dh is None else dh + d
+        if trunk:
+            self.encoder.backward(dh, need_dx=False)
 
     # ------------------------------------------------------------------ public API
 

@@ -340,16 +340,30 @@ class Adam(Optimizer):
         if not self.eps > 0:
             raise ValueError(f"eps must be positive, got {eps}")
         self.state = {"m": self._zeros_like_params(), "v": self._zeros_like_params()}
+        self._scratch = {}  # work buffers, not state: never saved
 
     def _update(self, name, p, g):
         m, v = self.state["m"][name], self.state["v"][name]
+        tmp = self._scratch.get(name)
+        if tmp is None:  # one reusable buffer per parameter: no allocation per step
+            tmp = self._scratch[name] = np.empty_like(p)
         m *= self.beta1
-        m += (1 - self.beta1) * g
+        np.multiply(g, 1 - self.beta1, out=tmp)
+        m += tmp
         v *= self.beta2
-        v += (1 - self.beta2) * (g * g)
-        m_hat = m / (1 - self.beta1**self.t)
-        v_hat = v / (1 - self.beta2**self.t)
-        p -= self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
+        np.multiply(g, g, out=tmp)
+        tmp *= 1 - self.beta2
+        v += tmp
+        # m_hat / (sqrt(v_hat) + eps) with m_hat = m / (1 - beta1^t), v_hat = v / (1 - beta2^t)
+        # equals step * m / (sqrt(v) + eps_hat) with the scalars below (Kingma & Ba 2015, Sec. 2):
+        # the bias corrections cost two scalar operations instead of two passes over the array.
+        c2 = math.sqrt(1 - self.beta2**self.t)
+        step = self.lr * c2 / (1 - self.beta1**self.t)
+        np.sqrt(v, out=tmp)
+        tmp += self.eps * c2
+        np.divide(m, tmp, out=tmp)
+        tmp *= step
+        p -= tmp
 
     def _hyperparameters(self):
         return {"beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
