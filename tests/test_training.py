@@ -73,8 +73,9 @@ def test_training_improves_test_elbo(small_data):
     assert len(h["test_kl_per_dim"][-1]) == 4
     assert sum(h["test_kl_per_dim"][-1]) == pytest.approx(h["test_kl"][-1], rel=1e-4)
     for k in ("train", "test"):
+        # float32 per-datapoint terms: equal to float32 rounding (~1e-7), far below the KL's size (~10 nats)
         np.testing.assert_allclose(np.array(h[f"{k}_elbo"]), np.array(h[f"{k}_rec"]) - np.array(h[f"{k}_kl"]),
-                                   rtol=1e-9)
+                                   rtol=1e-6)
 
 
 @pytest.mark.parametrize("extra", [{}, {"estimator": "score", "baseline": "learned"},
