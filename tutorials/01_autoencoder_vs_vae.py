@@ -175,6 +175,8 @@ def main(argv=None):
           f"VAE {vae_eig.min():.3f} .. {vae_eig.max():.2f} (prior: all 1)")
     print("  -> the autoencoder's code cloud has arbitrary location, scale and orientation; the VAE's is "
           "close to the prior, so its decoder turns prior samples into digits (random_codes.png)")
+    if args.quick:
+        print("(--quick is a smoke run of the same code: tiny model, little training; its numbers mean little)")
     print(f"figures in {os.path.abspath(args.out)}: {', '.join(FIGURES)}   ({time.perf_counter() - start:.1f} s)")
 
 

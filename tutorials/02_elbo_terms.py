@@ -180,6 +180,8 @@ def main(argv=None):
     print(f"  -> so on average the bound is loose by at least {mean_gain[-1]:.2f} nats: that much of "
           "KL(q(z|x) || p(z|x)) is visible; the rise from K = 100 to 1000 "
           f"({mean_gain[KS.index(1000)] - mean_gain[KS.index(100)]:.2f} nats) shows it is not all closed yet")
+    if args.quick:
+        print("(--quick is a smoke run of the same code: tiny model, little training; its numbers mean little)")
     print(f"figures in {os.path.abspath(args.out)}: {', '.join(FIGURES)}   ({time.perf_counter() - start:.1f} s)")
 
 

@@ -222,6 +222,8 @@ def main(argv=None):
     print(f"  -> why baselines help: the score is multiplied by f - b; f is {abs(f0):.0f} nats in size, f - b only "
           f"~{abs(f0 - ema.mean):.0f} nats off for the moving average (a mean over other digits) and ~0 on average "
           "for leave-one-out (this digit's own samples)")
+    if args.quick:
+        print("(--quick is a smoke run of the same code: tiny model, little training; its numbers mean little)")
     print(f"figures in {os.path.abspath(args.out)}: {', '.join(FIGURES)}   ({time.perf_counter() - start:.1f} s)")
 
 

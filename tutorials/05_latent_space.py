@@ -244,6 +244,8 @@ def main(argv=None):
     print("  -> the most confused pairs in the plane (10-NN, both directions): "
           + ", ".join(f"{a}/{b} ({pair_counts[a, b]} digits)" for a, b in worst)
           + ": their clusters touch in latent.png")
+    if args.quick:
+        print("(--quick is a smoke run of the same code: tiny model, little training; its numbers mean little)")
     print(f"figures in {os.path.abspath(args.out)}: {', '.join(FIGURES)}   ({time.perf_counter() - start:.1f} s)")
 
 

@@ -118,7 +118,7 @@ def main():
     features = {name: (a.astype(np.float64), b.astype(np.float64)) for name, (a, b) in features.items()}
 
     # --- 3. classifiers on 10 labels per class, several draws --------------------------------------
-    classifiers = {"logistic regression": lambda X, y: fit_logistic(X, y),
+    classifiers = {"logistic regression": lambda X, y: fit_logistic(X, y, steps=100 if args.quick else 300),
                    "1-nearest neighbour": lambda X, y: nearest_neighbour(X, y)}
     acc = {(c, f): [] for c in classifiers for f in features}
     curve = {f: {b: [] for b in budgets} for f in features}
