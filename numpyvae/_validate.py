@@ -58,3 +58,23 @@ def noise(eps, n_samples, batch, latent_dim, rng, dtype):
                          f"eps of shape {shape}")
     check_rng(rng)
     return rng.standard_normal(shape, dtype=dtype)
+
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def hidden_widths(hidden_dims):
+    """A tuple of positive ints from hidden_dims (any iterable of them; () for none)."""
+    try:
+        hidden = tuple(hidden_dims)
+    except TypeError:
+        raise TypeError(f"hidden_dims must be a tuple of positive ints; got {hidden_dims!r}") from None
+    return tuple(check_positive_int(h, "each hidden width") for h in hidden)
+
+
+def float_dtype(dtype):
+    """np.dtype of float32 or float64, the two dtypes every model supports end to end."""
+    d = np.dtype(dtype)
+    if d not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be np.float32 or np.float64; got {dtype!r}")
+    return d

@@ -45,7 +45,7 @@ __all__ = ["Autoencoder", "LOSSES", "NOISE_KINDS", "check_noise", "corrupt", "tr
 LOSSES = ("bernoulli", "gaussian")
 NOISE_KINDS = ("masking", "gaussian")
 
-_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_DTYPES = check.FLOAT_DTYPES
 
 
 # ---------------------------------------------------------------------------
@@ -131,14 +131,8 @@ class Autoencoder:
                  noise=None, seed=0, dtype=np.float32):
         self.input_dim = check.check_positive_int(input_dim, "input_dim")
         self.code_dim = check.check_positive_int(code_dim, "code_dim")
-        try:
-            hidden = tuple(hidden_dims)
-        except TypeError:
-            raise TypeError(f"hidden_dims must be a tuple of positive ints; got {hidden_dims!r}") from None
-        self.hidden_dims = tuple(check.check_positive_int(h, "each hidden width") for h in hidden)
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in _DTYPES:
-            raise TypeError(f"dtype must be np.float32 or np.float64; got {dtype!r}")
+        self.hidden_dims = check.hidden_widths(hidden_dims)
+        self.dtype = check.float_dtype(dtype)
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; expected one of {list(LOSSES)}")
         # The VAE's likelihood objects: log-probability, its gradient and the mean, in one place.

@@ -26,7 +26,8 @@ __all__ = [
     "log_normal_diag", "log_normal_diag_grad", "log_standard_normal",
     "bernoulli_log_likelihood", "bernoulli_log_likelihood_grad",
     "gaussian_log_likelihood", "gaussian_log_likelihood_grad",
-    "log_mean_exp",
+    "log_mean_exp", "log_q_from_eps", "normalized_importance_weights",
+    "tril_to_matrix", "reparameterize_full", "reparameterize_full_backward", "kl_full_gaussian_standard",
     "BernoulliLikelihood", "GaussianLikelihood", "GaussianLearnedLikelihood",
     "make_likelihood", "LIKELIHOODS",
 ]

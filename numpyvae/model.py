@@ -46,8 +46,6 @@ ESTIMATORS = ("reparam", "score", "blocked", "stl")
 # "diag": q = N(mu, diag(exp(logvar))); "full": q = N(mu, L L^T), L = diag(exp(logvar/2)) + T.
 POSTERIORS = ("diag", "full")
 
-_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
 
 class VAE:
     """A VAE with a Gaussian posterior and an MLP encoder and decoder.
@@ -74,14 +72,8 @@ class VAE:
                  obs_var=1.0, activation="tanh", seed=0, dtype=np.float32, posterior="diag"):
         self.input_dim = check.check_positive_int(input_dim, "input_dim")
         self.latent_dim = check.check_positive_int(latent_dim, "latent_dim")
-        try:
-            hidden = tuple(hidden_dims)
-        except TypeError:
-            raise TypeError(f"hidden_dims must be a tuple of positive ints; got {hidden_dims!r}") from None
-        self.hidden_dims = tuple(check.check_positive_int(h, "each hidden width") for h in hidden)
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in _DTYPES:
-            raise TypeError(f"dtype must be np.float32 or np.float64; got {dtype!r}")
+        self.hidden_dims = check.hidden_widths(hidden_dims)
+        self.dtype = check.float_dtype(dtype)
         if posterior not in POSTERIORS:
             raise ValueError(f"unknown posterior {posterior!r}; expected one of {list(POSTERIORS)}")
         self.posterior = posterior

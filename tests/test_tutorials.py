@@ -26,7 +26,9 @@ def test_there_are_twelve_tutorials():
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
 def test_tutorial_quick(path, tmp_path):
-    env = dict(os.environ, MPLBACKEND="Agg", PYTHONHASHSEED="0")
+    # One BLAS thread: the tutorial's process would otherwise compete with this one for the
+    # cores, and OpenBLAS's spinning threads slow down 10-100x when oversubscribed.
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONHASHSEED="0", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(path), "--quick", "--out", str(tmp_path)], capture_output=True,
                           text=True, timeout=120, env=env, cwd=tmp_path)
     assert proc.returncode == 0, f"{path.name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
