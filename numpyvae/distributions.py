@@ -227,7 +227,8 @@ def log_mean_exp(a, axis=0):
     a = np.asarray(a)
     m = np.max(a, axis=axis, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
-    out = m + np.log(np.mean(np.exp(a - m), axis=axis, keepdims=True))
+    with np.errstate(divide="ignore"):   # all -inf: log(0) = -inf is the right answer
+        out = m + np.log(np.mean(np.exp(a - m), axis=axis, keepdims=True))
     return np.squeeze(out, axis=axis)
 
 

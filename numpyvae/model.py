@@ -409,7 +409,8 @@ class VAE:
     def _log_mean_exp(log_w):
         m = np.max(log_w, axis=0)
         m = np.where(np.isfinite(m), m, 0.0)   # an all -inf column gives -inf, not NaN
-        return m + np.log(np.mean(np.exp(log_w - m), axis=0))
+        with np.errstate(divide="ignore"):     # log(0) = -inf is the right answer there
+            return m + np.log(np.mean(np.exp(log_w - m), axis=0))
 
     def _iwae_loss_and_grads(self, x, c, k, eps, rng, return_terms):
         """Eq. (I5), docs/importance.md: with normalised weights w~_i = w_i / sum_j w_j,
