@@ -31,14 +31,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
-from scipy.stats import norm
+from scipy.special import ndtri  # the standard normal inverse CDF (norm.ppf), without importing scipy.stats
 
 from ._validate import check_positive_int, check_rng
 from .checkpoint import atomic_write_bytes
 
 __all__ = [
     "image_grid", "manifold_codes", "pca_2d",
-    "plot_image_grid", "plot_training_curves", "plot_reconstructions", "plot_samples",
+    "plot_image_grid", "plot_class_grid", "plot_training_curves", "plot_reconstructions", "plot_samples",
     "plot_latent_scatter", "plot_manifold", "plot_interpolation", "plot_latent_pca",
     "write_all_figures", "HISTORY_KEYS", "DPI",
 ]
@@ -170,7 +170,7 @@ def image_grid(images, nrow, image_shape=(28, 28), pad=1, pad_value=PAD_VALUE, e
 def manifold_codes(n):
     """The (n*n, 2) grid of latent codes decoded by ``plot_manifold``, in row-major order.
 
-    Both coordinates take the values norm.ppf(linspace(0.05, 0.95, n)): points equally spaced
+    Both coordinates take the values norm.ppf(linspace(0.05, 0.95, n)) (computed as ndtri): points equally spaced
     in *probability* under the prior N(0, 1), not in z (Kingma & Welling 2014, Fig. 4), so the
     grid is dense where the prior puts its mass. Code r*n + c is the tile in grid row r,
     column c: z1 increases to the right along a row, z2 decreases down the rows, so that
@@ -179,7 +179,7 @@ def manifold_codes(n):
     n = check_positive_int(n, "n")
     if n < 2:
         raise ValueError(f"n must be at least 2 for a grid of codes; got {n}")
-    values = norm.ppf(np.linspace(0.05, 0.95, n))
+    values = ndtri(np.linspace(0.05, 0.95, n))
     z1 = np.tile(values, n)                 # column index varies fastest
     z2 = np.repeat(values[::-1], n)         # row 0 holds the largest z2
     return np.stack([z1, z2], axis=1)

@@ -18,7 +18,8 @@ The script does it by hand, step by step:
 2. on one Linear layer (Eq. (B2), docs/backprop.md): dW = x^T dy checked entry by entry, then
    with numpyvae.gradcheck.check_layer_backward;
 3. on the whole VAE loss (Eq. (E7), docs/elbo.md) in float64, every parameter array, with
-   numpyvae.gradcheck.check_param_grads, on 7 x 7 digits (4 x 4 blocks of mnist-mini averaged);
+   numpyvae.gradcheck.check_param_grads: a 49-10-3 VAE on 7 x 7 digits (4 x 4 blocks of
+   mnist-mini averaged), small enough for two loss evaluations per parameter;
 4. on a broken copy: the backward pass through z = mu + exp(logvar/2) eps with the 1/2 of
    d sigma / d logvar dropped (Eq. (R2), docs/reparameterization.md), patched into the model
    for a moment. The checker flags exactly the arrays the bug reaches. And its blind spot: a
@@ -62,7 +63,7 @@ BUG = 1e-4        # above this, docs/gradcheck.md: "almost certainly a bug"
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="fewer step sizes; the VAE curve of step_size.png uses one parameter array")
+                        help="a 16-6-2 VAE on 4 x 4 digits, fewer step sizes, one array in the VAE curve: seconds")
     parser.add_argument("--out", default=os.path.join("tutorial_output", NAME),
                         help="folder for the figures (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the data pick, the model and the noise")
@@ -132,15 +133,17 @@ def tiny_function_curve(hs):
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-def small_digits(data, n, rng):
-    """n training digits, 28 x 28 averaged over 4 x 4 blocks to 7 x 7 (49 pixels, still in [0, 1])."""
+def small_digits(data, n, rng, side):
+    """n training digits, 28 x 28 averaged over blocks down to side x side pixels (still in [0, 1])."""
     idx = rng.choice(data.x_train.shape[0], size=n, replace=False)
-    x = data.x_train[idx].astype(np.float64).reshape(n, 7, 4, 7, 4).mean(axis=(2, 4))
-    return x.reshape(n, 49)
+    b = 28 // side
+    x = data.x_train[idx].astype(np.float64).reshape(n, side, b, side, b).mean(axis=(2, 4))
+    return x.reshape(n, side * side)
 
 
-def make_vae(seed, dtype):
-    m = nv.VAE(49, (10,), 3, likelihood="bernoulli", activation="tanh", seed=seed, dtype=dtype)
+def make_vae(arch, seed, dtype):
+    D, H, Z = arch
+    m = nv.VAE(D, (H,), Z, likelihood="bernoulli", activation="tanh", seed=seed, dtype=dtype)
     # Biases start at 0; random ones make sure a missing sum over the batch cannot hide (docs/gradcheck.md).
     rng = np.random.default_rng(seed + 7)
     for name, p in m.params.items():
@@ -149,7 +152,7 @@ def make_vae(seed, dtype):
     return m
 
 
-def plot_step_size(hs, tiny, hs_vae, vae_curves, vae_label, path):
+def plot_step_size(hs, tiny, hs_vae, vae_curves, vae_label, arch, path):
     fig = Figure(figsize=(12, 4.6), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2, sharey=True)
     styles = {"central float64": ("tab:blue", "-o"), "central float32": ("tab:red", "-s"),
@@ -167,7 +170,8 @@ def plot_step_size(hs, tiny, hs_vae, vae_curves, vae_label, path):
     ax1.set_title(r"$f(x) = \sin x$ at $x = 1$: relative error of $f'$", fontsize=10)
     for k, (color, style) in (("float64", ("tab:blue", "-o")), ("float32", ("tab:red", "-s"))):
         ax2.loglog(hs_vae, np.maximum(vae_curves[k], 1e-17), style, color=color, ms=3, label=f"central, {k}")
-    ax2.set_title(f"VAE 49-10-3 loss: max-norm relative error (Eq. C2)\n{vae_label}", fontsize=10)
+    ax2.set_title(f"VAE {'-'.join(map(str, arch))} loss: max-norm relative error (Eq. C2)\n{vae_label}",
+                  fontsize=10)
     for ax in (ax1, ax2):
         ax.axvline(1e-5, color="black", lw=0.8, ls="--", label="default h = 1e-5")
         ax.axhline(TOL, color="tab:green", lw=0.8, label="suite tolerance 1e-6")
@@ -180,7 +184,7 @@ def plot_step_size(hs, tiny, hs_vae, vae_curves, vae_label, path):
     fig.savefig(path, dpi=100)
 
 
-def plot_per_array(names, rows, path):
+def plot_per_array(names, rows, arch, path):
     fig = Figure(figsize=(11, 4.8), layout="constrained")
     ax = fig.add_subplot()
     width = 0.8 / len(rows)
@@ -193,7 +197,8 @@ def plot_per_array(names, rows, path):
     ax.axhline(BUG, color="black", lw=1, ls="--", label="above 1e-4: almost certainly a bug")
     ax.set_xticks(np.arange(len(names)), names, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("relative error, analytic vs central difference")
-    ax.set_title("gradient check of every parameter array of a 49-10-3 VAE (float64, h = 1e-5)", fontsize=10)
+    ax.set_title(f"gradient check of every parameter array of a {'-'.join(map(str, arch))} VAE (float64, h = 1e-5)",
+                 fontsize=10)
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(axis="y", alpha=0.3)
     fig.savefig(path, dpi=100)
@@ -236,10 +241,12 @@ def main(argv=None):
 
     # 3. the whole VAE, float64 ---------------------------------------------------
     data = nv.load_dataset("mnist-mini")
-    xs = small_digits(data, 4, rng)
+    # 7 x 7 digits and a 49-10-3 VAE (1145 parameters); --quick: 4 x 4 digits, 16-6-2 (260 parameters).
+    side, arch = (4, (16, 6, 2)) if args.quick else (7, (49, 10, 3))
+    xs = small_digits(data, 4, rng, side)
     L = 2
-    eps = rng.standard_normal((L, xs.shape[0], 3))
-    m64 = make_vae(args.seed, np.float64)
+    eps = rng.standard_normal((L, xs.shape[0], arch[2]))
+    m64 = make_vae(arch, args.seed, np.float64)
 
     def loss64():
         return m64.loss_and_grads(xs, eps=eps, n_samples=L)[0]
@@ -276,7 +283,7 @@ def main(argv=None):
           f"{max(slip.values()):.1e} -> passes, although the loss is {slip_loss - loss64():+.2f} nats off")
 
     # 5. float32 --------------------------------------------------------------------
-    m32 = make_vae(args.seed, np.float32)
+    m32 = make_vae(arch, args.seed, np.float32)
     for k in m32.params:
         m32.params[k][...] = m64.params[k]                 # the same weights, rounded to float32
     xs32, eps32 = xs.astype(np.float32), eps.astype(np.float32)
@@ -315,10 +322,10 @@ def main(argv=None):
         print(f"  -> float32 touches the {TOL:.0e} tolerance only at h = {hs_vae[b32]:.0e}, too narrow a window "
               "to trust: check gradients in float64, train in float32")
 
-    plot_step_size(hs, tiny, hs_vae, curves, label, os.path.join(args.out, "step_size.png"))
+    plot_step_size(hs, tiny, hs_vae, curves, label, arch, os.path.join(args.out, "step_size.png"))
     plot_per_array(names, {"correct backward pass": correct, "1/2 dropped in d z / d logvar": broken,
                            "log sigma slip in the KL (objective wrong, gradient consistent)": slip},
-                   os.path.join(args.out, "per_array_errors.png"))
+                   arch, os.path.join(args.out, "per_array_errors.png"))
     print(f"figures in {os.path.abspath(args.out)}: {', '.join(FIGURES)}   ({time.perf_counter() - start:.1f} s)")
 
 

@@ -119,7 +119,8 @@ def plot_latent(mu, labels, paths, path):
     for (a, b), line in paths.items():
         ax.plot(line[:, 0], line[:, 1], "-", color="black", lw=1.2)
         ax.plot(line[[0, -1], 0], line[[0, -1], 1], "o", color="black", ms=4)
-        ax.annotate(f"{a}->{b}", line[-1], fontsize=8, xytext=(4, 4), textcoords="offset points")
+        ax.annotate(f"{a}->{b}", line[len(line) // 2], fontsize=8, ha="center", va="center", fontweight="bold",
+                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="black", lw=0.5, alpha=0.85))
     handles = [Line2D([], [], ls="", marker="o", color=colors(k), label=str(k)) for k in range(10)]
     handles.append(Line2D([], [], color="black", ls="--", label="manifold.png grid"))
     handles.append(Line2D([], [], color="black", marker="o", ms=4, label="interpolation path"))
