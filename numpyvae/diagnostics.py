@@ -20,6 +20,7 @@ import math
 import numpy as np
 
 from . import _validate as check
+from .distributions import kl_diag_gaussian_standard_per_dim
 
 __all__ = ["kl_per_dimension", "active_units", "log_likelihood_prior_sampling"]
 
@@ -52,8 +53,7 @@ def kl_per_dimension(model, x, batch_size=1000, y=None):
     total = np.zeros(model.latent_dim)
     n = 0
     for mu, logvar in _posterior_batches(model, x, batch_size, y):
-        # expm1(v) - v = exp(v) - 1 - v without cancellation for tiny v (as in (K2), docs/kl.md).
-        total += np.sum(0.5 * (mu * mu + np.expm1(logvar) - logvar), axis=0, dtype=np.float64)
+        total += np.sum(kl_diag_gaussian_standard_per_dim(mu, logvar), axis=0, dtype=np.float64)
         n += mu.shape[0]
     return total / n
 

@@ -21,7 +21,7 @@ from .layers import sigmoid, softplus
 __all__ = [
     "LOG_2PI",
     "reparameterize", "reparameterize_backward",
-    "kl_diag_gaussian_standard", "kl_diag_gaussian_standard_grad",
+    "kl_diag_gaussian_standard", "kl_diag_gaussian_standard_per_dim", "kl_diag_gaussian_standard_grad",
     "kl_diag_gaussians", "kl_diag_gaussians_grad", "kl_full_gaussians",
     "log_normal_diag", "log_normal_diag_grad", "log_standard_normal",
     "bernoulli_log_likelihood", "bernoulli_log_likelihood_grad",
@@ -75,16 +75,25 @@ def reparameterize_backward(dz, logvar, eps):
 # KL divergences
 # ---------------------------------------------------------------------------
 
+def kl_diag_gaussian_standard_per_dim(mu, logvar):
+    """The terms of Eq. (K2), docs/kl.md, one per latent dimension (not summed): shape (..., Z).
+
+        KL_j = 1/2 ( mu_j^2 + exp(logvar_j) - 1 - logvar_j ),  computed as expm1(v) - v:
+    for tiny v, exp(v) rounds to 1 and the plain form can come out negative; expm1(v) >= v
+    holds in floating point too.
+    """
+    return 0.5 * (mu * mu + (np.expm1(logvar) - logvar))
+
+
 def kl_diag_gaussian_standard(mu, logvar):
     """KL( N(mu, diag(exp(logvar))) || N(0, I) ), summed over the last axis.   Eq. (K2), docs/kl.md
 
         KL = 1/2 * sum_j ( mu_j^2 + exp(logvar_j) - 1 - logvar_j )
 
-    Note it is logvar = log sigma^2 that appears, not log sigma. Shape (..., Z) -> (...).
-    exp(v) - 1 - v is computed as expm1(v) - v: for tiny v, exp(v) rounds to 1 and the
-    plain form can come out negative; expm1(v) >= v holds in floating point too.
+    Note it is logvar = log sigma^2 that appears, not log sigma. Shape (..., Z) -> (...):
+    the sum over dimensions of kl_diag_gaussian_standard_per_dim.
     """
-    return 0.5 * np.sum(mu * mu + (np.expm1(logvar) - logvar), axis=-1)
+    return np.sum(kl_diag_gaussian_standard_per_dim(mu, logvar), axis=-1)
 
 
 def kl_diag_gaussian_standard_grad(mu, logvar):

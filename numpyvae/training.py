@@ -29,6 +29,7 @@ from . import __version__
 from ._validate import check_positive_int
 from .checkpoint import atomic_write_json, load_checkpoint, rng_from_json, rng_state_to_json, save_checkpoint
 from .data import binarize
+from .distributions import kl_diag_gaussian_standard_per_dim
 from .estimators import BASELINES, make_baseline
 from .conditional import ConditionalVAE
 from .model import VAE
@@ -183,8 +184,7 @@ def evaluate_elbo(model, x, eps, batch_size=1000, y=None):
         for k in sums:
             sums[k] += float(np.sum(terms[k], dtype=np.float64))
         mu, logvar = model.encode(xb, *yb)
-        # Eq. (K2), docs/kl.md, per dimension instead of summed.
-        kl_dims += np.sum(0.5 * (mu * mu + np.expm1(logvar) - logvar), axis=0, dtype=np.float64)
+        kl_dims += np.sum(kl_diag_gaussian_standard_per_dim(mu, logvar), axis=0, dtype=np.float64)
     result = {k: v / x.shape[0] for k, v in sums.items()}
     result["kl_per_dim"] = (kl_dims / x.shape[0]).tolist()
     return result

@@ -50,3 +50,10 @@ def relu_margin(model):
             pre = lin.cache @ lin.params["W"] + lin.params["b"]
             margins.append(np.min(np.abs(pre)))
     return float(min(margins))
+
+
+def randomise_biases(model, rng):
+    """Zero-initialised biases would hide a bias gradient that is wrong by a missing sum."""
+    for k, v in model.params.items():
+        if k.endswith(".b"):
+            v[:] = 0.3 * rng.standard_normal(v.shape)

@@ -20,7 +20,7 @@ from numpyvae.autoencoder import (
 )
 from numpyvae.gradcheck import check_param_grads
 
-from conftest import relu_margin
+from conftest import randomise_biases, relu_margin
 
 D, Z, B = 6, 3, 4
 
@@ -29,13 +29,6 @@ def make_targets(loss, rng, batch=B, width=D):
     if loss == "bernoulli":
         return rng.random((batch, width))          # grey values in [0, 1]
     return rng.standard_normal((batch, width))
-
-
-def randomise_biases(model, rng):
-    # Zero-initialised biases would hide a bias gradient that is wrong by a missing sum.
-    for k, v in model.params.items():
-        if k.endswith(".b"):
-            v[:] = 0.3 * rng.standard_normal(v.shape)
 
 
 def pooled_digits(x):

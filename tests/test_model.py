@@ -11,7 +11,7 @@ from scipy import stats
 import numpyvae as nv
 from numpyvae.gradcheck import check_param_grads
 
-from conftest import relu_margin
+from conftest import randomise_biases, relu_margin
 
 D, Z, B = 6, 3, 4
 LIKS = ["bernoulli", "gaussian", "gaussian-learned"]
@@ -21,13 +21,6 @@ def make_data(likelihood, rng, batch=B, width=D):
     if likelihood == "bernoulli":
         return rng.random((batch, width))  # grey values in [0, 1]
     return rng.standard_normal((batch, width))
-
-
-def randomise_biases(model, rng):
-    # Zero-initialised biases would hide a bias gradient that is wrong by a missing sum.
-    for k, v in model.params.items():
-        if k.endswith(".b"):
-            v[:] = 0.3 * rng.standard_normal(v.shape)
 
 
 # ----------------------------------------------------------------- gradient checks
