@@ -269,11 +269,12 @@ class Autoencoder:
         x_in = self._encoder_input(x, x_noisy, rng)
         B = x.shape[0]
         a = self._decode_logits(self._encode(x_in))
-        loss = -float(np.mean(self.likelihood.log_prob(x, {"out": a})))
+        log_p, d_out = self.likelihood.log_prob_and_grad(x, {"out": a})
+        loss = -float(np.mean(log_p))
 
         # d(-log p)/da = -(x - mean) for both likelihoods: the "prediction minus target"
         # of a canonical link. The 1/B is the batch mean.
-        da = self.likelihood.grad(x, {"out": a})["out"] * (-1.0 / B)
+        da = d_out["out"] * (-1.0 / B)
         dcode = self.decoder.backward(self.out_head.backward(da))
         self.encoder.backward(self.code_head.backward(dcode))
         return loss, self._collect_grads()

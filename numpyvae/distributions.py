@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from .layers import sigmoid, softplus
+from .layers import sigmoid, softplus, softplus_and_sigmoid
 
 __all__ = [
     "LOG_2PI",
@@ -24,7 +24,7 @@ __all__ = [
     "kl_diag_gaussian_standard", "kl_diag_gaussian_standard_per_dim", "kl_diag_gaussian_standard_grad",
     "kl_diag_gaussians", "kl_diag_gaussians_grad", "kl_full_gaussians",
     "log_normal_diag", "log_normal_diag_grad", "log_standard_normal",
-    "bernoulli_log_likelihood", "bernoulli_log_likelihood_grad",
+    "bernoulli_log_likelihood", "bernoulli_log_likelihood_grad", "bernoulli_log_likelihood_and_grad",
     "gaussian_log_likelihood", "gaussian_log_likelihood_grad",
     "log_mean_exp", "log_q_from_eps", "normalized_importance_weights",
     "tril_to_matrix", "reparameterize_full", "reparameterize_full_backward", "kl_full_gaussian_standard",
@@ -228,6 +228,20 @@ def bernoulli_log_likelihood_grad(x, logits):
     return x - sigmoid(logits)
 
 
+def bernoulli_log_likelihood_and_grad(x, logits):
+    """The log-likelihood, Eq. (L1), docs/distributions.md, and its gradient, Eq. (L2),
+    docs/distributions.md, from one exponential:
+
+        log p(x|z) = sum_j [ x_j * logits_j - softplus(logits_j) ],   d/dlogits = x - sigmoid(logits)
+
+    Equal (bit for bit) to bernoulli_log_likelihood and bernoulli_log_likelihood_grad; the training
+    step uses it because softplus and sigmoid share exp(-|logits|) (numpyvae.layers.softplus_and_sigmoid).
+    """
+    sp, sig = softplus_and_sigmoid(logits)
+    np.subtract(x, sig, out=sig)
+    return np.sum(x * logits - sp, axis=-1), sig
+
+
 def log_mean_exp(a, axis=0):
     """log( mean(exp(a), axis) ) without overflow: m + log(mean(exp(a - m))), m = max.
 
@@ -262,6 +276,10 @@ class BernoulliLikelihood:
     def grad(self, x, out):
         return {"out": bernoulli_log_likelihood_grad(x, out["out"])}
 
+    def log_prob_and_grad(self, x, out):
+        log_p, d = bernoulli_log_likelihood_and_grad(x, out["out"])
+        return log_p, {"out": d}
+
     def mean(self, out):
         return sigmoid(out["out"])
 
@@ -286,6 +304,9 @@ class GaussianLikelihood:
     def grad(self, x, out):
         return {"out": gaussian_log_likelihood_grad(x, out["out"], self.obs_var)}
 
+    def log_prob_and_grad(self, x, out):
+        return self.log_prob(x, out), self.grad(x, out)
+
     def mean(self, out):
         return out["out"]
 
@@ -305,6 +326,9 @@ class GaussianLearnedLikelihood:
     def grad(self, x, out):
         d_mean, d_logvar = log_normal_diag_grad(x, out["out"], out["logvar"])
         return {"out": d_mean, "logvar": d_logvar}
+
+    def log_prob_and_grad(self, x, out):
+        return self.log_prob(x, out), self.grad(x, out)
 
     def mean(self, out):
         return out["out"]

@@ -176,12 +176,13 @@ class VAE:
         """The condition of each datapoint repeated for its L samples: (L*B, C), matching z's rows."""
         return None if c is None else np.broadcast_to(c, (L,) + c.shape).reshape(L * c.shape[0], c.shape[1])
 
-    def _forward(self, x, eps, c=None):
+    def _forward(self, x, eps, c=None, with_grad=False):
         """One pass from a checked batch x (B, D) and noise eps (L, B, Z) to the ELBO terms.
 
         Returns a dict with q (the posterior's parameters, each (B, Z) or (B, Z(Z-1)/2));
         z (L, B, Z); the decoder outputs, each (L, B, D); rec = log p(x | z_l) of shape
-        (L, B); kl of shape (B,).
+        (L, B); kl of shape (B,). With ``with_grad=True`` also d_out, the gradient of rec
+        with respect to each decoder output, computed together with rec (it shares work).
         """
         L, B, Z = eps.shape
         q = self._encode(x, c)
@@ -189,14 +190,20 @@ class VAE:
         # The L samples are stacked into the batch axis: one matmul per layer for all of them.
         out = self._decode_outputs(z.reshape(L * B, Z), self._repeat_condition(c, L))
         out_lbd = {k: v.reshape(L, B, self.input_dim) for k, v in out.items()}
-        rec = self.likelihood.log_prob(x, out_lbd)               # (L, B), x broadcasts over L
-        return {"q": q, "z": z, "out": out_lbd, "rec": rec, "kl": self._kl(q)}
+        f = {"q": q, "z": z, "out": out_lbd, "kl": self._kl(q)}
+        if with_grad:                                             # (L, B), x broadcasts over L
+            f["rec"], f["d_out"] = self.likelihood.log_prob_and_grad(x, out_lbd)
+        else:
+            f["rec"] = self.likelihood.log_prob(x, out_lbd)
+        return f
 
-    def _decoder_backward(self, x, out, weight):
+    def _decoder_backward(self, x, out, weight, d_out=None):
         """Backward through the decoder from d loss / d log p(x|z_lb) = weight (L, B).
+        ``d_out``: d log p(x|z) / d outputs if already computed (else it is computed here).
         Fills the decoder's gradients and returns d loss / dz, shape (L, B, Z)."""
         L, B = weight.shape
-        d_out = self.likelihood.grad(x, out)
+        if d_out is None:
+            d_out = self.likelihood.grad(x, out)
         dh = None
         for name, layer in self.dec_heads.items():
             g = layer.backward((d_out[name] * weight[..., None]).reshape(L * B, self.input_dim))
@@ -357,12 +364,13 @@ class VAE:
 
         eps = check.noise(eps, n_samples, x.shape[0], self.latent_dim, rng, self.dtype)
         L, B, Z = eps.shape
-        f = self._forward(x, eps, c)
+        f = self._forward(x, eps, c, with_grad=True)
         q = f["q"]
         loss = -(f["rec"].mean(axis=0) - beta * f["kl"]).mean()
 
         # --- backward: decoder (Eq. (B7), docs/backprop.md). d loss / d log p(x|z_bl) = -1 / (L B).
-        dz = self._decoder_backward(x, f["out"], np.full((L, B), -1.0 / (L * B), dtype=self.dtype))
+        dz = self._decoder_backward(x, f["out"], np.full((L, B), -1.0 / (L * B), dtype=self.dtype),
+                                    f["d_out"])
 
         # --- encoder: the data term's gradient, by the chosen estimator ...
         if estimator == "reparam":       # Eq. (R2), docs/reparameterization.md
@@ -392,18 +400,22 @@ class VAE:
         rec = f["rec"].mean(axis=0)
         return float(loss), dq, {"elbo": rec - f["kl"], "rec": rec, "kl": f["kl"]}
 
-    def _log_weights(self, x, c, eps):
+    def _log_weights(self, x, c, eps, with_grad=False):
         """log w_k = log p(x | z_k) + log p(z_k) - log q(z_k | x) for z_k = mu + L eps_k: shape (K, B).
         Eq. (I1), docs/importance.md. log q is written with eps (Eq. (I3), docs/importance.md): z - mu = L eps.
-        Also returns the forward pass, for the IWAE backward pass."""
+        Also returns the forward pass, for the IWAE backward pass (with d_out if with_grad)."""
         K, B, Z = eps.shape
         q = self._encode(x, c)
         z = self._sample_z(q, eps)
         out = self._decode_outputs(z.reshape(K * B, Z), self._repeat_condition(c, K))
         out = {name: v.reshape(K, B, self.input_dim) for name, v in out.items()}
-        rec = self.likelihood.log_prob(x, out)
-        log_w = rec + log_standard_normal(z) - log_q_from_eps(q["logvar"], eps)
-        return log_w, {"q": q, "z": z, "out": out, "rec": rec}
+        f = {"q": q, "z": z, "out": out}
+        if with_grad:
+            f["rec"], f["d_out"] = self.likelihood.log_prob_and_grad(x, out)
+        else:
+            f["rec"] = self.likelihood.log_prob(x, out)
+        log_w = f["rec"] + log_standard_normal(z) - log_q_from_eps(q["logvar"], eps)
+        return log_w, f
 
     @staticmethod
     def _log_mean_exp(log_w):
@@ -423,11 +435,11 @@ class VAE:
         """
         eps = check.noise(eps, k, x.shape[0], self.latent_dim, rng, self.dtype)
         K, B, Z = eps.shape
-        log_w, f = self._log_weights(x, c, eps)
+        log_w, f = self._log_weights(x, c, eps, with_grad=True)
         bound = self._log_mean_exp(log_w)
         loss = -float(np.mean(bound))
         weight = normalized_importance_weights(log_w, axis=0) * (-1.0 / B)      # d loss / d log w: (K, B)
-        dz = self._decoder_backward(x, f["out"], weight)                        # through log p(x|z)
+        dz = self._decoder_backward(x, f["out"], weight, f["d_out"])            # through log p(x|z)
         dz = dz + weight[..., None] * (-f["z"])                                  # through log p(z): d/dz = -z
         dq = self._sample_z_backward(f["q"], eps, dz)
         # through -log q directly: d(-log q)/dlogvar_j = +1/2, weighted by sum_i w~_i = 1 per datapoint.

@@ -46,6 +46,24 @@ def test_bernoulli_finite_and_nonpositive_for_binary(logits, x):
     assert np.all(np.isfinite(dist.bernoulli_log_likelihood(x, logits)))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bernoulli_and_grad_equals_the_separate_functions(dtype):
+    # The training step's fused form must be the same numbers, not merely close ones:
+    # L samples (3, 4, 50) of logits against one batch x (4, 50) that broadcasts over them.
+    rng = np.random.default_rng(3)
+    logits = (rng.standard_normal((3, 4, 50)) * 8).astype(dtype)
+    logits[0, 0, :6] = [0.0, -0.0, 1e4, -1e4, 40, -40]
+    x = rng.random((4, 50)).astype(dtype)
+    ll, g = dist.bernoulli_log_likelihood_and_grad(x, logits)
+    assert ll.dtype == dtype and g.dtype == dtype and ll.shape == (3, 4) and g.shape == logits.shape
+    np.testing.assert_array_equal(ll, dist.bernoulli_log_likelihood(x, logits))
+    np.testing.assert_array_equal(g, dist.bernoulli_log_likelihood_grad(x, logits))
+    obj = dist.make_likelihood("bernoulli")
+    ll2, g2 = obj.log_prob_and_grad(x, {"out": logits})
+    np.testing.assert_array_equal(ll2, ll)
+    np.testing.assert_array_equal(g2["out"], g)
+
+
 def test_gaussian_fixed_matches_scipy():
     rng = np.random.default_rng(1)
     x, m = rng.standard_normal((3, 6)), rng.standard_normal((3, 6))

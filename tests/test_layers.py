@@ -7,7 +7,8 @@ from hypothesis import given, strategies as st
 
 from numpyvae.gradcheck import check_layer_backward
 from numpyvae.layers import (ACTIVATIONS, MLP, Identity, Linear, ReLU, Sigmoid, Softplus, Tanh,
-                             glorot_uniform, he_normal, make_activation, softplus)
+                             glorot_uniform, he_normal, make_activation, sigmoid, softplus,
+                             softplus_and_sigmoid)
 
 ACTS = ["tanh", "relu", "sigmoid", "softplus", "identity"]
 # Each activation's definition written independently of numpyvae.layers.
@@ -83,6 +84,43 @@ def test_softplus_is_stable():
     assert np.all(np.isfinite(y))
     np.testing.assert_allclose(y, [0.0, np.exp(-50.0), np.log(2.0), 50.0, 1e4], rtol=1e-12, atol=1e-300)
     assert softplus(np.float32([1e4, -1e4])).dtype == np.float32
+
+
+def _ulps(value, reference, dtype):
+    """|value - reference| in units of the last place of dtype, relative to the reference (the
+    smallest normal number stands in for a zero or subnormal reference)."""
+    ref = np.abs(reference).clip(min=np.finfo(dtype).tiny)
+    return np.abs(value.astype(np.longdouble) - reference) / ref / np.finfo(dtype).eps
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softplus_and_sigmoid_are_accurate(dtype):
+    # References in np.longdouble (64-bit mantissa on x86), from the textbook formulas, which
+    # are accurate there because the exponent is kept non-positive by hand. Bound: 4 ulps. The
+    # log1p correction in numpyvae.layers matters: without it, log(1 + e) near x = -12 (float32)
+    # is off by hundreds of ulps, and at x < -17 it returns 0 instead of about e^x.
+    x = np.concatenate([np.linspace(-100, 100, 40001), -np.logspace(-12, 3, 301),
+                        np.logspace(-12, 3, 301), [0.0, -0.0]]).astype(dtype)
+    if dtype == np.float32:
+        x = x[np.abs(x) < 85]     # keep e^x normal in float32 (its subnormals lose digits by design)
+    xl = x.astype(np.longdouble)
+    e = np.exp(-np.abs(xl))
+    ref_softplus = np.maximum(xl, 0) + np.log1p(e)
+    ref_sigmoid = np.where(xl >= 0, 1 / (1 + e), e / (1 + e))
+    sp, sig = softplus_and_sigmoid(x)
+    assert sp.dtype == dtype and sig.dtype == dtype
+    assert _ulps(sp, ref_softplus, dtype).max() <= 4
+    assert _ulps(sig, ref_sigmoid, dtype).max() <= 4
+    np.testing.assert_array_equal(sp, softplus(x))
+    np.testing.assert_array_equal(sig, sigmoid(x))
+
+
+def test_softplus_and_sigmoid_at_the_ends():
+    x = np.array([-np.inf, -1e4, 1e4, np.inf, np.nan])
+    sp, sig = softplus_and_sigmoid(x)
+    np.testing.assert_array_equal(sp[:4], [0.0, 0.0, 1e4, np.inf])
+    np.testing.assert_array_equal(sig[:4], [0.0, 0.0, 1.0, 1.0])
+    assert np.isnan(sp[4]) and np.isnan(sig[4])   # a NaN stays visible, never becomes a number
 
 
 def test_initialisers_have_their_variances():
