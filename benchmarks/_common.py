@@ -263,8 +263,7 @@ def count_step_flops(D, hidden, Z, B, L=1, n_enc_heads=2, n_dec_heads=1):
 
 def count_eval_flops(D, hidden, Z, B, K, n_enc_heads=2, n_dec_heads=1):
     """Matmul FLOPs of one log_likelihood(x (B, D), n_importance=K) call: the encoder once
-    (every chunk re-encodes x, see _log_weights; counted per chunk by the caller if wanted) and
-    the decoder on K*B rows."""
+    (the posterior is shared by all chunks) and the decoder on K*B rows."""
     hidden = tuple(hidden)
     enc = list(zip((D,) + hidden[:-1], hidden)) if hidden else []
     head_in = hidden[-1] if hidden else D

@@ -93,7 +93,8 @@ def log_likelihood_prior_sampling(model, x, n_samples, rng, chunk_size=None):
     (docs/ppca.md, section 5). Compare VAE.log_likelihood, which samples from q(z|x).
 
     x: (B, D); n_samples: K; rng: np.random.Generator. The K samples are drawn and decoded
-    ``chunk_size`` at a time (default: about 64 MB of decoder output per chunk); the chunks
+    ``chunk_size`` at a time (default: about 64 MiB of peak memory per chunk, as in
+    VAE.log_likelihood); the chunks
     are combined by log-sum-exp, and the result does not depend on chunk_size.
     """
     x = model._check_x(x)
@@ -101,8 +102,7 @@ def log_likelihood_prior_sampling(model, x, n_samples, rng, chunk_size=None):
     check.check_rng(rng)
     B, D, Z = x.shape[0], model.input_dim, model.latent_dim
     if chunk_size is None:
-        per_sample = B * D * model.dtype.itemsize * (1 + len(model.dec_heads))
-        chunk_size = max(1, min(K, (64 << 20) // max(per_sample, 1)))
+        chunk_size = model._default_chunk_size(B, K)
     chunk_size = check.check_positive_int(chunk_size, "chunk_size")
 
     log_sum = np.full(B, -np.inf)          # log sum_k p(x | z_k) over the chunks so far

@@ -225,6 +225,32 @@ def test_gap_is_kl_to_posterior_and_importance_sampling_closes_it():
                                rtol=1e-12)
 
 
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "gaussian-learned"])
+def test_log_likelihood_memory_is_bounded(likelihood, monkeypatch):
+    # With a 2 MiB budget, K = 400 samples for 40 datapoints need several chunks; the peak of
+    # everything NumPy allocates during the call (tracemalloc sees NumPy's buffers) must stay
+    # within the budget plus a small fixed allowance (x, log_sum, the encoder pass: < 0.25 MiB
+    # here). Without chunking the decoder outputs alone would take 400*40*60*8 B = 7.3 MiB.
+    import tracemalloc
+    from numpyvae import diagnostics, model as model_module
+    budget = 2 << 20
+    monkeypatch.setattr(model_module, "LOG_LIKELIHOOD_CHUNK_BYTES", budget)
+    m = nv.VAE(60, (30,), 4, likelihood=likelihood, seed=0, dtype=np.float64)
+    x = np.random.default_rng(0).random((40, 60))
+    K = 400
+    chunk = m._default_chunk_size(40, K)
+    assert 1 < chunk < K / 4
+    for run in (lambda: m.log_likelihood(x, n_importance=K, rng=np.random.default_rng(1)),
+                lambda: diagnostics.log_likelihood_prior_sampling(m, x, K, np.random.default_rng(1))):
+        tracemalloc.start()
+        try:
+            run()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < budget + (1 << 18), (likelihood, peak / 2**20)
+
+
 # ----------------------------------------------------------------- bad input
 
 @pytest.fixture
