@@ -248,6 +248,27 @@ class VAE:
         z = check.as_batch(z, self.latent_dim, self.dtype, "z")
         return self.likelihood.mean(self._decode_outputs(z))
 
+    def decoder_outputs(self, z):
+        """The decoder's raw outputs for codes z (N, Z): a dict from head name to an (N, D) array.
+        Bernoulli likelihood: {"out": logits}; fixed-variance Gaussian: {"out": mean};
+        learned-variance Gaussian: {"out": mean, "logvar": per-pixel log-variance}.
+        decode(z) is the likelihood's mean computed from these."""
+        z = check.as_batch(z, self.latent_dim, self.dtype, "z")
+        return self._decode_outputs(z)
+
+    def log_p_x_given_z(self, x, z):
+        """log p(x | z), summed over the D pixels, for a batch x (B, D) and L codes per datapoint,
+        z (L, B, Z): z[l, b] is paired with x[b]. Returns (L, B), from the likelihood's log_prob
+        (the Bernoulli or Gaussian log-likelihoods of docs/distributions.md)."""
+        x = self._check_x(x)
+        z = np.asarray(z)
+        if z.ndim != 3 or z.shape[1:] != (x.shape[0], self.latent_dim):
+            raise ValueError(f"z must have shape (L, {x.shape[0]}, {self.latent_dim}) (L codes for each of "
+                             f"the {x.shape[0]} rows of x); got shape {z.shape}")
+        L, B, Z = z.shape
+        out = self.decoder_outputs(z.reshape(L * B, Z))
+        return self.likelihood.log_prob(x, {k: v.reshape(L, B, self.input_dim) for k, v in out.items()})
+
     def reconstruct(self, x):
         """decode(mu(x)): the reconstruction at the posterior mean, shape (B, D)."""
         mu, _ = self.encode(x)

@@ -53,6 +53,20 @@ def test_shapes_and_conditioning():
     assert m.config["n_classes"] == 10
 
 
+def test_log_p_x_given_z_uses_the_label():
+    rng = np.random.default_rng(2)
+    m = ConditionalVAE(6, 10, (8,), 2, seed=0, dtype=np.float64)
+    x, y = rng.random((3, 6)), np.array([1, 2, 3])
+    eps = rng.standard_normal((4, 3, 2))
+    mu, logvar = m.encode(x, y)
+    z = mu + np.exp(0.5 * logvar) * eps
+    log_p = m.log_p_x_given_z(x, z, y)
+    assert log_p.shape == (4, 3)
+    np.testing.assert_allclose(log_p.mean(axis=0), m.elbo_terms(x, y, eps=eps, n_samples=4)["rec"], rtol=1e-12)
+    assert not np.allclose(log_p, m.log_p_x_given_z(x, z, np.array([4, 5, 6])))
+    np.testing.assert_allclose(m.likelihood.mean(m.decoder_outputs(z[0], y)), m.decode(z[0], y))
+
+
 def test_label_count_mismatch():
     m = ConditionalVAE(6, 3, (4,), 2)
     with pytest.raises(ValueError, match="y has 2 labels but the batch has 3 rows"):

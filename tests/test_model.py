@@ -110,6 +110,30 @@ def test_decode_means():
 
 
 @pytest.mark.parametrize("likelihood", LIKS)
+def test_log_p_x_given_z_is_the_elbos_reconstruction_term(likelihood):
+    # Two routes to the same numbers: the ELBO's reconstruction term with fixed noise, and
+    # log p(x|z) at z = mu + sigma * eps built here by hand (Eq. (R1) written out).
+    rng = np.random.default_rng(16)
+    m = nv.VAE(D, (5,), Z, likelihood=likelihood, seed=0, dtype=np.float64)
+    randomise_biases(m, rng)
+    x = make_data(likelihood, rng)
+    eps = rng.standard_normal((3, B, Z))
+    mu, logvar = m.encode(x)
+    z = mu + np.sqrt(np.exp(logvar)) * eps
+    log_p = m.log_p_x_given_z(x, z)
+    assert log_p.shape == (3, B)
+    np.testing.assert_allclose(log_p.mean(axis=0), m.elbo_terms(x, eps=eps, n_samples=3)["rec"], rtol=1e-12)
+    if likelihood == "bernoulli":   # and against the textbook form (x may be grey, so not scipy's pmf)
+        p = 1 / (1 + np.exp(-m.decoder_outputs(z[1])["out"]))
+        np.testing.assert_allclose(log_p[1], np.sum(x * np.log(p) + (1 - x) * np.log1p(-p), axis=1), rtol=1e-10)
+    assert set(m.decoder_outputs(z[0])) == set(m.dec_heads)
+    with pytest.raises(ValueError, match=r"z must have shape \(L, 4, 3\)"):
+        m.log_p_x_given_z(x, z[0])
+    with pytest.raises(ValueError, match="z must have 3 columns"):
+        m.decoder_outputs(np.zeros((2, Z + 1)))
+
+
+@pytest.mark.parametrize("likelihood", LIKS)
 def test_float32_end_to_end(likelihood):
     rng = np.random.default_rng(16)
     model = nv.VAE(D, (5,), Z, likelihood=likelihood, seed=0, dtype=np.float32)

@@ -57,7 +57,7 @@ def decoder_log_lik(model, x, mu, logvar, eps):
     """log p(x | z_l) for z_l = mu + sigma eps_l: (L, B), keeping the forward pass for backward."""
     L, B, Z = eps.shape
     z = reparameterize(mu, logvar, eps)                             # Eq. (R1)
-    out = model._decode_outputs(z.reshape(L * B, Z))
+    out = model.decoder_outputs(z.reshape(L * B, Z))
     out = {k: v.reshape(L, B, -1) for k, v in out.items()}
     return model.likelihood.log_prob(x, out), out
 

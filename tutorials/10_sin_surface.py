@@ -85,7 +85,7 @@ def main():
     mu, logvar = model.encode(x_test)
     x_rec = model.reconstruct(x_test)
     rmse = np.sqrt(np.mean((x_rec - x_test) ** 2, axis=0))
-    obs_std = np.exp(0.5 * model._decode_outputs(mu)["logvar"]).mean(axis=0)
+    obs_std = np.exp(0.5 * model.decoder_outputs(mu)["logvar"]).mean(axis=0)
     kl_dims = np.mean(0.5 * (mu**2 + np.expm1(logvar) - logvar), axis=0)
     samples = model.sample(2000, rng)
     off = np.abs(samples[:, 2] - np.sin(samples[:, 0] + samples[:, 1]))

@@ -61,13 +61,13 @@ def log_weights(model, x1, K, rng, proposal):
     """The K log-weights of one datapoint x1 (1, D): log p(x|z) for z from the prior, or
     log p(x|z) + log p(z) - log q(z|x) for z from the encoder (Eq. (I1), docs/importance.md)."""
     if proposal == "prior":
-        z = rng.standard_normal((K, model.latent_dim)).astype(model.dtype)
-        return model.likelihood.log_prob(x1, model._decode_outputs(z))
+        z = rng.standard_normal((K, 1, model.latent_dim)).astype(model.dtype)
+        return model.log_p_x_given_z(x1, z)[:, 0]
     mu, logvar = model.encode(x1)
     eps = rng.standard_normal((K, 1, model.latent_dim)).astype(model.dtype)
-    z = reparameterize(mu, logvar, eps)[:, 0]
-    log_px_z = model.likelihood.log_prob(x1, model._decode_outputs(z))
-    return log_px_z + log_standard_normal(z) - log_q_from_eps(logvar, eps)[:, 0]
+    z = reparameterize(mu, logvar, eps)
+    log_w = model.log_p_x_given_z(x1, z) + log_standard_normal(z) - log_q_from_eps(logvar, eps)
+    return log_w[:, 0]
 
 
 def ess(log_w):
