@@ -76,13 +76,8 @@ class ConditionalVAE(VAE):
     def log_p_x_given_z(self, x, z, y):
         """log p(x | z, y): (L, B) for x (B, D), z (L, B, Z) and labels y (B,)."""
         x = self._check_x(x)
-        z = np.asarray(z)
-        if z.ndim != 3 or z.shape[1:] != (x.shape[0], self.latent_dim):
-            raise ValueError(f"z must have shape (L, {x.shape[0]}, {self.latent_dim}); got shape {z.shape}")
-        L, B, Z = z.shape
-        c = self._repeat_condition(self._condition(y, B), L)
-        out = self._decode_outputs(check.as_batch(z.reshape(L * B, Z), Z, self.dtype, "z"), c)
-        return self.likelihood.log_prob(x, {k: v.reshape(L, B, self.input_dim) for k, v in out.items()})
+        B = x.shape[0]
+        return self._decode_log_prob(x, self._check_codes(z, B), self._condition(y, B))[1]
 
     def reconstruct(self, x, y):
         mu, _ = self.encode(x, y)

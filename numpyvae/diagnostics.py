@@ -100,7 +100,7 @@ def log_likelihood_prior_sampling(model, x, n_samples, rng, chunk_size=None):
     x = model._check_x(x)
     K = check.check_positive_int(n_samples, "n_samples")
     check.check_rng(rng)
-    B, D, Z = x.shape[0], model.input_dim, model.latent_dim
+    B, Z = x.shape[0], model.latent_dim
     if chunk_size is None:
         chunk_size = model._default_chunk_size(B, K)
     chunk_size = check.check_positive_int(chunk_size, "chunk_size")
@@ -109,9 +109,7 @@ def log_likelihood_prior_sampling(model, x, n_samples, rng, chunk_size=None):
     for start in range(0, K, chunk_size):
         k = min(chunk_size, K - start)
         z = rng.standard_normal((k, B, Z), dtype=model.dtype)
-        out = model._decode_outputs(z.reshape(k * B, Z))
-        out = {name: v.reshape(k, B, D) for name, v in out.items()}
-        log_px_z = model.likelihood.log_prob(x, out)          # (k, B); x broadcasts over the k samples
+        _, log_px_z, _ = model._decode_log_prob(x, z)          # (k, B); x broadcasts over the k samples
         # log-sum-exp of the chunk: the largest term factored out, so nothing underflows to log 0.
         m = np.max(log_px_z, axis=0)
         m = np.where(np.isfinite(m), m, 0.0)                   # an all -inf chunk adds 0, not NaN

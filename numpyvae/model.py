@@ -185,29 +185,44 @@ class VAE:
 
         Returns a dict with q (the posterior's parameters, each (B, Z) or (B, Z(Z-1)/2));
         z (L, B, Z); the decoder outputs, each (L, B, D); rec = log p(x | z_l) of shape
-        (L, B); kl of shape (B,). With ``with_grad=True`` also d_out, the gradient of rec
-        with respect to each decoder output, computed together with rec (it shares work).
+        (L, B); kl of shape (B,); d_out as in _decode_log_prob.
         """
-        L, B, Z = eps.shape
         q = self._encode(x, c)
         z = self._sample_z(q, eps)
-        # The L samples are stacked into the batch axis: one matmul per layer for all of them.
-        out = self._decode_outputs(z.reshape(L * B, Z), self._repeat_condition(c, L))
-        out_lbd = {k: v.reshape(L, B, self.input_dim) for k, v in out.items()}
-        f = {"q": q, "z": z, "out": out_lbd, "kl": self._kl(q)}
-        if with_grad:                                             # (L, B), x broadcasts over L
-            f["rec"], f["d_out"] = self.likelihood.log_prob_and_grad(x, out_lbd)
-        else:
-            f["rec"] = self.likelihood.log_prob(x, out_lbd)
-        return f
+        out, rec, d_out = self._decode_log_prob(x, z, c, with_grad)
+        return {"q": q, "z": z, "out": out, "rec": rec, "d_out": d_out, "kl": self._kl(q)}
 
-    def _decoder_backward(self, x, out, weight, d_out=None):
-        """Backward through the decoder from d loss / d log p(x|z_lb) = weight (L, B).
-        ``d_out``: d log p(x|z) / d outputs if already computed (else it is computed here).
+    def _decode_log_prob(self, x, z, c=None, with_grad=False):
+        """Decode the codes z (L, B, Z) and score the batch x (B, D) under each of them.
+
+        The L samples are stacked into the batch axis, so each layer is one matmul for all of
+        them. Returns (out, rec, d_out): the decoder outputs, each (L, B, D); rec = log p(x | z_l),
+        shape (L, B), with x broadcast over L; and, with ``with_grad=True``, d_out, the gradient of
+        rec with respect to each output, computed together with rec because they share work
+        (for a Bernoulli likelihood, one exponential); otherwise None.
+        """
+        L, B, Z = z.shape
+        out = self._decode_outputs(z.reshape(L * B, Z), self._repeat_condition(c, L))
+        out = {k: v.reshape(L, B, self.input_dim) for k, v in out.items()}
+        if with_grad:
+            rec, d_out = self.likelihood.log_prob_and_grad(x, out)
+        else:
+            rec, d_out = self.likelihood.log_prob(x, out), None
+        return out, rec, d_out
+
+    def _check_codes(self, z, batch):
+        """z as an (L, batch, Z) array of the model's dtype: L codes for each row of a batch."""
+        z = np.asarray(z)
+        if z.ndim != 3 or z.shape[1:] != (batch, self.latent_dim):
+            raise ValueError(f"z must have shape (L, {batch}, {self.latent_dim}) (L codes for each of "
+                             f"the {batch} rows of x); got shape {z.shape}")
+        return check.as_batch(z.reshape(-1, self.latent_dim), self.latent_dim, self.dtype, "z").reshape(z.shape)
+
+    def _decoder_backward(self, d_out, weight):
+        """Backward through the decoder from d loss / d log p(x|z_lb) = weight (L, B), given
+        d_out = d log p(x|z) / d decoder outputs (from _decode_log_prob).
         Fills the decoder's gradients and returns d loss / dz, shape (L, B, Z)."""
         L, B = weight.shape
-        if d_out is None:
-            d_out = self.likelihood.grad(x, out)
         dh = None
         for name, layer in self.dec_heads.items():
             g = layer.backward((d_out[name] * weight[..., None]).reshape(L * B, self.input_dim))
@@ -261,13 +276,7 @@ class VAE:
         z (L, B, Z): z[l, b] is paired with x[b]. Returns (L, B), from the likelihood's log_prob
         (the Bernoulli or Gaussian log-likelihoods of docs/distributions.md)."""
         x = self._check_x(x)
-        z = np.asarray(z)
-        if z.ndim != 3 or z.shape[1:] != (x.shape[0], self.latent_dim):
-            raise ValueError(f"z must have shape (L, {x.shape[0]}, {self.latent_dim}) (L codes for each of "
-                             f"the {x.shape[0]} rows of x); got shape {z.shape}")
-        L, B, Z = z.shape
-        out = self.decoder_outputs(z.reshape(L * B, Z))
-        return self.likelihood.log_prob(x, {k: v.reshape(L, B, self.input_dim) for k, v in out.items()})
+        return self._decode_log_prob(x, self._check_codes(z, x.shape[0]))[1]
 
     def reconstruct(self, x):
         """decode(mu(x)): the reconstruction at the posterior mean, shape (B, D)."""
@@ -395,8 +404,7 @@ class VAE:
         loss = -(f["rec"].mean(axis=0) - beta * f["kl"]).mean()
 
         # --- backward: decoder (Eq. (B7), docs/backprop.md). d loss / d log p(x|z_bl) = -1 / (L B).
-        dz = self._decoder_backward(x, f["out"], np.full((L, B), -1.0 / (L * B), dtype=self.dtype),
-                                    f["d_out"])
+        dz = self._decoder_backward(f["d_out"], np.full((L, B), -1.0 / (L * B), dtype=self.dtype))
 
         # --- encoder: the data term's gradient, by the chosen estimator ...
         if estimator == "reparam":       # Eq. (R2), docs/reparameterization.md
@@ -431,19 +439,12 @@ class VAE:
         Eq. (I1), docs/importance.md. log q is written with eps (Eq. (I3), docs/importance.md): z - mu = L eps.
         Also returns the forward pass, for the IWAE backward pass (with d_out if with_grad).
         ``q``: the posterior's parameters if already computed (log_likelihood encodes once for all chunks)."""
-        K, B, Z = eps.shape
         if q is None:
             q = self._encode(x, c)
         z = self._sample_z(q, eps)
-        out = self._decode_outputs(z.reshape(K * B, Z), self._repeat_condition(c, K))
-        out = {name: v.reshape(K, B, self.input_dim) for name, v in out.items()}
-        f = {"q": q, "z": z, "out": out}
-        if with_grad:
-            f["rec"], f["d_out"] = self.likelihood.log_prob_and_grad(x, out)
-        else:
-            f["rec"] = self.likelihood.log_prob(x, out)
-        log_w = f["rec"] + log_standard_normal(z) - log_q_from_eps(q["logvar"], eps)
-        return log_w, f
+        out, rec, d_out = self._decode_log_prob(x, z, c, with_grad)
+        log_w = rec + log_standard_normal(z) - log_q_from_eps(q["logvar"], eps)
+        return log_w, {"q": q, "z": z, "out": out, "rec": rec, "d_out": d_out}
 
     @staticmethod
     def _log_mean_exp(log_w):
@@ -467,7 +468,7 @@ class VAE:
         bound = self._log_mean_exp(log_w)
         loss = -float(np.mean(bound))
         weight = normalized_importance_weights(log_w, axis=0) * (-1.0 / B)      # d loss / d log w: (K, B)
-        dz = self._decoder_backward(x, f["out"], weight, f["d_out"])            # through log p(x|z)
+        dz = self._decoder_backward(f["d_out"], weight)                          # through log p(x|z)
         dz = dz + weight[..., None] * (-f["z"])                                  # through log p(z): d/dz = -z
         dq = self._sample_z_backward(f["q"], eps, dz)
         # through -log q directly: d(-log q)/dlogvar_j = +1/2, weighted by sum_i w~_i = 1 per datapoint.
