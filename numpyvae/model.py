@@ -51,6 +51,7 @@ POSTERIORS = ("diag", "full")
 # take by default: decoder outputs and the likelihood's temporaries included.
 LOG_LIKELIHOOD_CHUNK_BYTES = 64 << 20
 
+
 class VAE:
     """A VAE with a Gaussian posterior and an MLP encoder and decoder.
 
