@@ -1,7 +1,90 @@
 """Input checks shared by the public functions: bad input gets a clear error naming what
-was expected, never a silent NaN or a silent upcast."""
+was expected, never a silent NaN or a silent upcast.
+
+Every message starts with the argument's name. Non-numbers (strings, None, complex, object
+arrays) raise TypeError; numbers of the right kind but a wrong value (NaN, inf, out of
+range, wrong shape) raise ValueError."""
+
+import math
+import numbers
 
 import numpy as np
+
+
+def _expected(low, high, low_inclusive, high_inclusive):
+    """(adjective, bounds) describing a range in words: ("positive ", "") for (0, inf), else
+    ("", " >= 0"), ("", " in [0, 1)"), ... or ("", "") for no bounds."""
+    if low == 0 and not low_inclusive and high is None:
+        return "positive ", ""
+    if low is not None and high is not None:
+        return "", f" in {'[' if low_inclusive else '('}{low:g}, {high:g}{']' if high_inclusive else ')'}"
+    if low is not None:
+        return "", f" {'>=' if low_inclusive else '>'} {low:g}"
+    if high is not None:
+        return "", f" {'<=' if high_inclusive else '<'} {high:g}"
+    return "", ""
+
+
+def check_finite_number(value, name, low=None, high=None, low_inclusive=True, high_inclusive=True):
+    """``value`` as a Python float, after checking that it is a real, finite number within
+    [low, high] (an open end with ``low_inclusive=False`` / ``high_inclusive=False``; None for
+    no bound). Python and NumPy ints and floats are accepted; bool is not.
+
+    Raises TypeError naming ``name`` for a non-number (str, None, bool, complex, an array) and
+    ValueError naming ``name`` for NaN, inf or a value out of range, e.g.
+    "lr must be a finite number >= 0; got nan", "sigma2 must be a positive finite number; got 0".
+    """
+    adjective, bounds = _expected(low, high, low_inclusive, high_inclusive)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a {adjective}number{bounds}, not {type(value).__name__}; got {value!r}")
+    v = float(value)
+    # Each comparison is written so that NaN fails it.
+    ok = math.isfinite(v)
+    if low is not None:
+        ok = ok and (v >= low if low_inclusive else v > low)
+    if high is not None:
+        ok = ok and (v <= high if high_inclusive else v < high)
+    if not ok:
+        raise ValueError(f"{name} must be a {adjective}finite number{bounds}; got {value!r}")
+    return v
+
+
+def check_nonnegative_int(value, name):
+    """``value`` as a Python int >= 0 (a seed, a step count): what np.random.default_rng takes
+    and JSON stores. TypeError naming ``name`` for a non-integer (float, str, None, bool),
+    ValueError for a negative one."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a non-negative integer, not {type(value).__name__}; got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be a non-negative integer; got {value!r}")
+    return int(value)
+
+
+def check_real_array(x, name):
+    """``x`` as a NumPy array of real numbers (ints, floats or bools); TypeError naming ``name``
+    for strings, complex numbers or Python objects. Shapes and values are the caller's to check."""
+    try:
+        arr = np.asarray(x)
+    except ValueError as exc:      # e.g. ragged nested lists
+        raise TypeError(f"{name} must be a real numeric array; got {type(x).__name__} ({exc})") from None
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_) or np.iscomplexobj(arr):
+        raise TypeError(f"{name} must be a real numeric array; got dtype {arr.dtype}")
+    return arr
+
+
+def check_finite_array(x, name, dtype=np.float64):
+    """``x`` as a finite real array of ``dtype`` (any shape): check_real_array, then ValueError
+    naming ``name`` if an entry is NaN or inf, or beyond the range of ``dtype`` (1e300 in a
+    float32 model)."""
+    given = check_real_array(x, name)
+    with np.errstate(over="ignore"):          # a value beyond dtype's range becomes inf: refused below
+        arr = np.asarray(given, dtype=dtype)
+    if not np.all(np.isfinite(arr)):
+        if given.dtype.kind == "f" and not np.all(np.isfinite(given)):
+            raise ValueError(f"{name} contains NaN or inf")
+        raise ValueError(f"{name} has values beyond the {arr.dtype.name} range "
+                         f"(largest magnitude {float(np.max(np.abs(given))):.3g})")
+    return arr
 
 
 def as_batch(x, width, dtype, name="x"):
@@ -11,19 +94,14 @@ def as_batch(x, width, dtype, name="x"):
     scaled by the caller). Raises TypeError for non-numeric input and ValueError for a
     wrong rank, a wrong width, an empty batch or NaN / inf entries.
     """
-    arr = np.asarray(x)
-    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_) or np.iscomplexobj(arr):
-        raise TypeError(f"{name} must be a real numeric array; got dtype {arr.dtype}")
+    arr = check_real_array(x, name)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be 2-D with shape (batch, {width}); got shape {arr.shape}")
     if arr.shape[1] != width:
         raise ValueError(f"{name} must have {width} columns (shape (batch, {width})); got shape {arr.shape}")
     if arr.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (shape {arr.shape})")
-    arr = np.ascontiguousarray(arr, dtype=dtype)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or inf")
-    return arr
+    return np.ascontiguousarray(check_finite_array(arr, name, dtype))
 
 
 def check_rng(rng, name="rng"):
@@ -39,20 +117,19 @@ def check_positive_int(value, name):
     return int(value)
 
 
-def noise(eps, n_samples, batch, latent_dim, rng, dtype):
+def noise(eps, n_samples, batch, latent_dim, rng, dtype, count_name="n_samples"):
     """The standard-normal noise of shape (L, B, Z): ``eps`` when given (checked), else drawn
-    from ``rng``. With neither, raise: every stochastic result must be reproducible."""
-    n_samples = check_positive_int(n_samples, "n_samples")
+    from ``rng``. With neither, raise: every stochastic result must be reproducible.
+    ``count_name``: what the caller calls L in its own signature ("n_samples", "k")."""
+    n_samples = check_positive_int(n_samples, count_name)
     shape = (n_samples, batch, latent_dim)
     if eps is not None:
-        e = np.asarray(eps)
+        e = check_real_array(eps, "eps")
         if e.shape != shape:
-            raise ValueError(f"eps must have shape (n_samples, batch, latent_dim) = {shape}; got {e.shape}")
+            raise ValueError(f"eps must have shape ({count_name}, batch, latent_dim) = {shape}; got {e.shape}")
         if not np.issubdtype(e.dtype, np.floating):
             raise TypeError(f"eps must be a floating-point array; got dtype {e.dtype}")
-        if not np.all(np.isfinite(e)):
-            raise ValueError("eps contains NaN or inf")
-        return np.asarray(e, dtype=dtype)
+        return check_finite_array(e, "eps", dtype)       # finite in the model's dtype, not only in its own
     if rng is None:
         raise ValueError("this call is stochastic: pass rng=np.random.default_rng(seed) or explicit "
                          f"eps of shape {shape}")

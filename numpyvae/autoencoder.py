@@ -139,9 +139,9 @@ class Autoencoder:
         self.likelihood = make_likelihood(loss, 1.0)
         self.noise = check_noise(noise)
         self.activation = activation
-        self.seed = seed
+        self.seed = check.check_nonnegative_int(seed, "seed")
 
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(self.seed)
         D, Z, H = self.input_dim, self.code_dim, self.hidden_dims
         self.encoder = MLP((D,) + H, activation, rng, self.dtype)
         self.code_head = Linear(self.encoder.out_features, Z, rng, self.dtype)

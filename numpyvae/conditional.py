@@ -29,7 +29,7 @@ def one_hot(y, n_classes, dtype=np.float32):
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"y must be a 1-D array of integer class labels; got shape {y.shape}, dtype {y.dtype}")
     if y.size and (y.min() < 0 or y.max() >= n_classes):
-        raise ValueError(f"labels must lie in 0..{n_classes - 1}; got values in [{y.min()}, {y.max()}]")
+        raise ValueError(f"y: labels must lie in 0..{n_classes - 1}; got values in [{y.min()}, {y.max()}]")
     out = np.zeros((y.shape[0], n_classes), dtype=dtype)
     out[np.arange(y.shape[0]), y] = 1
     return out
@@ -85,9 +85,11 @@ class ConditionalVAE(VAE):
 
     def sample(self, y, rng):
         """One prior sample z ~ N(0, I) per label in y, decoded with that label: (len(y), D)."""
-        y = np.asarray(y)
-        z = check.check_rng(rng).standard_normal((y.shape[0], self.latent_dim), dtype=self.dtype)
-        return self.decode(z, y)
+        c = one_hot(y, self.n_classes, self.dtype)      # checks y: a 1-D array of labels
+        if c.shape[0] == 0:
+            raise ValueError("y must hold at least one label")
+        z = check.check_rng(rng).standard_normal((c.shape[0], self.latent_dim), dtype=self.dtype)
+        return self.likelihood.mean(self._decode_outputs(z, c))
 
     def elbo_terms(self, x, y, eps=None, n_samples=1, rng=None):
         """Per-datapoint {"elbo", "rec", "kl"} of the conditional model.   Eq. (E8), docs/elbo.md"""
@@ -119,7 +121,7 @@ class ConditionalVAE(VAE):
 
     def iwae_bound(self, x, y, k=5, eps=None, rng=None):
         x = self._check_x(x)
-        eps = check.noise(eps, k, x.shape[0], self.latent_dim, rng, self.dtype)
+        eps = check.noise(eps, k, x.shape[0], self.latent_dim, rng, self.dtype, count_name="k")
         log_w, _ = self._log_weights(x, self._condition(y, x.shape[0]), eps)
         return self._log_mean_exp(log_w)
 

@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._validate import check_rng
+from ._validate import check_finite_number, check_positive_int, check_rng, float_dtype
+from .checkpoint import open_regular_file, read_into
 
 __all__ = [
     "Dataset", "load_dataset", "DATASET_NAMES",
@@ -63,23 +64,77 @@ __all__ = [
 _GZIP_MAGIC = b"\x1f\x8b"
 _IDX_DTYPES = {0x08: np.uint8}  # other codes exist (0x09 int8, 0x0D float32, ...); MNIST needs none
 
+# The most data one IDX file may declare: 512 MiB. Full MNIST's largest file (train images)
+# declares 47,040,000 bytes and Fashion-MNIST's the same, so this admits them 11 times over,
+# while a crafted header (or a gzip "bomb" that inflates to gigabytes) is refused before
+# anything that size is allocated. Raise it to read bigger sets, e.g. EMNIST ByClass (547 MB).
+MAX_IDX_BYTES = 512 * 2**20
 
-def _read_maybe_gzip(path):
-    """All bytes of ``path``, gunzipped if the file *starts* with the gzip magic bytes.
 
-    We look at the content rather than the name so that a gzip file saved without
-    ``.gz`` (browsers do that) still works.
+def _read_up_to(f, n):
+    """At most ``n`` bytes from ``f``, fewer only at the end of the file."""
+    buffer = bytearray(n)
+    return bytes(buffer[:read_into(f, buffer)])
+
+
+def _read_idx_stream(f, path, ndim, file_size, hint):
+    """Read an IDX file from the binary stream ``f`` (a plain file or a gzip stream).
+
+    The header comes first and is checked before any data is read; the data go into an
+    array of exactly the declared size (at most MAX_IDX_BYTES), then one more byte is
+    asked for to prove the stream ends there. So memory is O(declared size), never
+    O(what the stream would inflate to). ``file_size`` is the size of a plain file, which
+    lets us compare it with the header before reading the data; None for a gzip stream.
     """
-    with open(path, "rb") as f:
-        raw = f.read()
-    if raw[:2] != _GZIP_MAGIC:
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as err:
-        # OSError: bad header or CRC; EOFError: cut-off stream; zlib.error: garbled data.
-        raise ValueError(f"{path}: corrupt gzip stream ({type(err).__name__}: {err}); "
-                         "the file is damaged or incompletely downloaded") from err
+    magic = _read_up_to(f, 4)
+    if len(magic) < 4:
+        raise ValueError(f"{path}: truncated IDX file: {len(magic)} bytes, but the magic "
+                         "number alone takes 4")
+    if magic[0:2] != b"\x00\x00":
+        raise ValueError(f"{path}: bad magic number 0x{magic.hex()}: an IDX file starts "
+                         f"with two zero bytes (e.g. 0x00000803 for images, 0x00000801 for "
+                         f"labels){hint}")
+    dtype_code, n_dims = magic[2], magic[3]
+    if dtype_code not in _IDX_DTYPES:
+        raise ValueError(f"{path}: unsupported IDX dtype code 0x{dtype_code:02x} in magic "
+                         f"number 0x{magic.hex()}; only 0x08 (uint8) is supported")
+    if n_dims == 0:
+        raise ValueError(f"{path}: bad magic number 0x{magic.hex()}: it declares 0 dimensions")
+    if ndim is not None and n_dims != ndim:
+        raise ValueError(f"{path}: bad magic number 0x{magic.hex()}: expected "
+                         f"0x{0x800 + ndim:08x} ({ndim}-D), found a {n_dims}-D file")
+
+    header_size = 4 + 4 * n_dims
+    sizes = _read_up_to(f, 4 * n_dims)
+    if len(sizes) < 4 * n_dims:
+        raise ValueError(f"{path}: truncated IDX header: {n_dims} dimensions need "
+                         f"{header_size} header bytes, found {4 + len(sizes)}")
+    shape = struct.unpack(f">{n_dims}i", sizes)  # big-endian int32
+    if any(size < 0 for size in shape):
+        raise ValueError(f"{path}: negative dimension in IDX header: shape {shape}")
+
+    expected = math.prod(shape)  # bytes (uint8); Python ints, so no overflow
+    if expected > MAX_IDX_BYTES:
+        raise ValueError(f"{path}: IDX header declares shape {shape}, {expected} bytes of "
+                         f"data, more than the {MAX_IDX_BYTES}-byte limit for one file "
+                         "(numpyvae.data.MAX_IDX_BYTES; crafted or damaged header?)")
+    if file_size is not None and file_size - header_size != expected:
+        found = file_size - header_size
+        if found < expected:
+            raise ValueError(f"{path}: truncated IDX file: shape {shape} needs {expected} "
+                             f"data bytes, found only {found}")
+        raise ValueError(f"{path}: {found - expected} extra trailing bytes: shape {shape} "
+                         f"needs exactly {expected} data bytes, found {found}")
+
+    data = np.empty(expected, dtype=_IDX_DTYPES[dtype_code])
+    found = read_into(f, data)
+    if found < expected:
+        raise ValueError(f"{path}: truncated IDX file: shape {shape} needs {expected} data "
+                         f"bytes, found only {found}")
+    if f.read(1):  # at most one byte more, however long the rest would be
+        raise ValueError(f"{path}: extra trailing bytes: shape {shape} needs exactly "
+                         f"{expected} data bytes, but the file holds more")
+    return data.reshape(shape)
 
 
 def read_idx(path, ndim=None):
@@ -88,6 +143,8 @@ def read_idx(path, ndim=None):
     Parameters
     ----------
     path : str or os.PathLike
+        A regular file. Gzip is recognised by the content (the magic bytes 1f 8b), not the
+        name, so a gzip file saved without ``.gz`` (browsers do that) still works.
     ndim : int or None
         If given, the file must declare exactly this many dimensions (3 for an image
         file, 1 for a label file).
@@ -97,74 +154,59 @@ def read_idx(path, ndim=None):
     A fresh, writable ``np.ndarray`` of dtype uint8 with the shape stored in the file,
     e.g. (10000, 28, 28) for MNIST test images or (10000,) for its labels.
 
+    Memory: the returned array and a 1 MiB read buffer. The header is checked before any
+    data is read, and a header declaring more than ``MAX_IDX_BYTES`` (512 MiB) is refused.
+
     Raises
     ------
-    ValueError, naming the file and what was expected vs found, if the magic number is
-    wrong, the dtype code is not 0x08 (uint8), the file is shorter or longer than its
-    header says, or the gzip stream is corrupt.
+    FileNotFoundError if ``path`` does not exist. ValueError, naming the file and what was
+    expected vs found, if it is not a regular file, the magic number is wrong, the dtype
+    code is not 0x08 (uint8), the header declares more than ``MAX_IDX_BYTES``, the data is
+    shorter or longer than the header says, or the gzip stream is corrupt.
     """
     path = Path(path)
-    raw = _read_maybe_gzip(path)
-    hint = " (the name ends in .gz but the content is not gzip)" \
-        if path.name.endswith(".gz") and raw[:2] != b"\x00\x00" else ""
-
-    if len(raw) < 4:
-        raise ValueError(f"{path}: truncated IDX file: {len(raw)} bytes, but the magic "
-                         "number alone takes 4")
-    if raw[0:2] != b"\x00\x00":
-        raise ValueError(f"{path}: bad magic number 0x{raw[:4].hex()}: an IDX file starts "
-                         f"with two zero bytes (e.g. 0x00000803 for images, 0x00000801 for "
-                         f"labels){hint}")
-    dtype_code, n_dims = raw[2], raw[3]
-    if dtype_code not in _IDX_DTYPES:
-        raise ValueError(f"{path}: unsupported IDX dtype code 0x{dtype_code:02x} in magic "
-                         f"number 0x{raw[:4].hex()}; only 0x08 (uint8) is supported")
-    if n_dims == 0:
-        raise ValueError(f"{path}: bad magic number 0x{raw[:4].hex()}: it declares 0 dimensions")
-    if ndim is not None and n_dims != ndim:
-        raise ValueError(f"{path}: bad magic number 0x{raw[:4].hex()}: expected "
-                         f"0x{0x800 + ndim:08x} ({ndim}-D), found a {n_dims}-D file")
-
-    header_size = 4 + 4 * n_dims
-    if len(raw) < header_size:
-        raise ValueError(f"{path}: truncated IDX header: {n_dims} dimensions need "
-                         f"{header_size} header bytes, found {len(raw)}")
-    shape = struct.unpack(f">{n_dims}i", raw[4:header_size])  # big-endian int32
-    if any(size < 0 for size in shape):
-        raise ValueError(f"{path}: negative dimension in IDX header: shape {shape}")
-
-    expected = math.prod(shape)  # Python ints: no overflow, and nothing is allocated yet
-    found = len(raw) - header_size
-    if found < expected:
-        raise ValueError(f"{path}: truncated IDX file: shape {shape} needs {expected} data "
-                         f"bytes, found only {found}")
-    if found > expected:
-        raise ValueError(f"{path}: {found - expected} extra trailing bytes: shape {shape} "
-                         f"needs exactly {expected} data bytes, found {found}")
-
-    # frombuffer views the immutable bytes (read-only); copy so the caller owns the array.
-    data = np.frombuffer(raw, dtype=_IDX_DTYPES[dtype_code], count=expected, offset=header_size)
-    return data.reshape(shape).copy()
+    with open_regular_file(path, "IDX file") as f:
+        compressed = f.read(2) == _GZIP_MAGIC
+        f.seek(0)
+        if not compressed:
+            hint = " (the name ends in .gz but the content is not gzip)" \
+                if path.name.endswith(".gz") else ""
+            return _read_idx_stream(f, path, ndim, os.fstat(f.fileno()).st_size, hint)
+        try:
+            with gzip.GzipFile(fileobj=f, mode="rb") as stream:
+                return _read_idx_stream(stream, path, ndim, None, "")
+        except (OSError, EOFError, zlib.error) as err:
+            # OSError: bad header or CRC; EOFError: cut-off stream; zlib.error: garbled data.
+            raise ValueError(f"{path}: corrupt gzip stream ({type(err).__name__}: {err}); "
+                             "the file is damaged or incompletely downloaded") from err
 
 
 def load_idx_pair(images_path, labels_path):
     """Read a matching (images, labels) pair of IDX files.
 
     Returns ``(images, labels)``: uint8 arrays of shapes (N, rows, cols) and (N,).
-    Raises ValueError if the images are not 3-D, the labels not 1-D, or the two files
-    hold different numbers of examples. Label values are not checked (any uint8).
+    Raises ValueError if the images are not 3-D, the labels not 1-D, the two files
+    hold different numbers of examples, there are no images (N = 0) or an image has no
+    pixels (rows or cols = 0). Label values are not checked (any uint8).
     """
     images = read_idx(images_path, ndim=3)
+    n_images, rows, cols = images.shape
+    if n_images == 0:
+        raise ValueError(f"{images_path} holds 0 images; a data set needs at least one")
+    if rows == 0 or cols == 0:
+        raise ValueError(f"{images_path}: its images are {rows}x{cols} pixels; both sizes "
+                         "must be positive")
     labels = read_idx(labels_path, ndim=1)
-    if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"image/label count mismatch: {images_path} holds {images.shape[0]} "
+    if n_images != labels.shape[0]:
+        raise ValueError(f"image/label count mismatch: {images_path} holds {n_images} "
                          f"images but {labels_path} holds {labels.shape[0]} labels")
     return images, labels
 
 
 def _to_unit_float(images):
     """uint8 (N, rows, cols) -> float32 (N, rows * cols) grey values in [0, 1]."""
-    x = images.reshape(images.shape[0], -1).astype(np.float32)  # astype makes a new array
+    n, rows, cols = images.shape
+    x = images.reshape(n, rows * cols).astype(np.float32)  # astype makes a new array
     x /= np.float32(255.0)  # in place: stays float32, 255 -> exactly 1.0
     return x
 
@@ -490,20 +532,31 @@ def make_sin_surface(n, rng, noise=0.0, low=-3.0, high=3.0, dtype=np.float32):
     """
     check_rng(rng)
     n = _check_count(n)
-    if not noise >= 0:
-        raise ValueError(f"noise must be >= 0; got {noise!r}")
+    dtype = float_dtype(dtype)
+    noise = check_finite_number(noise, "noise", low=0.0)
+    low, high = check_finite_number(low, "low"), check_finite_number(high, "high")
     if not low < high:
         raise ValueError(f"need low < high; got low={low!r}, high={high!r}")
-    xy = rng.uniform(low, high, size=(n, 2)).astype(dtype)
-    z = np.sin(xy[:, 0] + xy[:, 1])
-    if noise > 0:
-        z = z + (noise * rng.standard_normal(n)).astype(dtype)
-    return np.column_stack([xy, z]).astype(dtype, copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):     # overflow is refused below
+        xy = rng.uniform(low, high, size=(n, 2)).astype(dtype)
+        z = np.sin(xy[:, 0] + xy[:, 1])
+        if noise > 0:
+            z = z + (noise * rng.standard_normal(n)).astype(dtype)
+        points = np.column_stack([xy, z]).astype(dtype, copy=False)
+    return _finite_points(points, f"low={low!r}, high={high!r} and noise={noise!r}")
+
+
+def _finite_points(points, what):
+    if not np.all(np.isfinite(points)):
+        raise ValueError(f"{what} give points beyond the {points.dtype.name} range")
+    return points
 
 
 def gaussian_mixture_centres(n_components=8, radius=4.0):
     """(n_components, 2) float64 centres equally spaced on a circle: centre k is at angle
     2 pi k / n_components, distance ``radius`` from the origin."""
+    n_components = check_positive_int(n_components, "n_components")
+    radius = check_finite_number(radius, "radius")
     angles = 2.0 * np.pi * np.arange(n_components) / n_components
     return radius * np.column_stack([np.cos(angles), np.sin(angles)])
 
@@ -519,15 +572,13 @@ def make_gaussian_mixture(n, rng, n_components=8, radius=4.0, std=0.5, dtype=np.
     """
     check_rng(rng)
     n = _check_count(n)
-    if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)) \
-            or n_components < 1:
-        raise ValueError(f"n_components must be a positive integer; got {n_components!r}")
-    if not std >= 0:
-        raise ValueError(f"std must be >= 0; got {std!r}")
-    labels = rng.integers(0, n_components, size=n, dtype=np.int64)
+    dtype = float_dtype(dtype)
     centres = gaussian_mixture_centres(n_components, radius)
-    points = centres[labels] + std * rng.standard_normal((n, 2))
-    return points.astype(dtype), labels
+    std = check_finite_number(std, "std", low=0.0)
+    labels = rng.integers(0, n_components, size=n, dtype=np.int64)
+    with np.errstate(over="ignore", invalid="ignore"):     # overflow is refused below
+        points = (centres[labels] + std * rng.standard_normal((n, 2))).astype(dtype)
+    return _finite_points(points, f"radius={radius!r} and std={std!r}"), labels
 
 
 # ---------------------------------------------------------------------------
@@ -537,10 +588,10 @@ def make_gaussian_mixture(n, rng, n_components=8, radius=4.0, std=0.5, dtype=np.
 def _check_unit_interval(x):
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.floating):
-        raise TypeError(f"expected floating-point grey values in [0, 1]; got dtype {x.dtype} "
+        raise TypeError(f"x must be floating-point grey values in [0, 1]; got dtype {x.dtype} "
                         "(for uint8 pixels divide by 255 first)")
     if x.size and not (x.min() >= 0 and x.max() <= 1):  # written so that NaN fails too
-        raise ValueError(f"grey values must lie in [0, 1]; found min {x.min()}, max {x.max()}")
+        raise ValueError(f"x: grey values must lie in [0, 1]; found min {x.min()}, max {x.max()}")
     return x
 
 
@@ -564,6 +615,5 @@ def binarize(x, rng):
 def binarize_threshold(x, t=0.5):
     """Deterministic binarisation: 1 where x > t, else 0. Same shape and dtype as x."""
     x = _check_unit_interval(x)
-    if not 0 <= t <= 1:
-        raise ValueError(f"threshold t must lie in [0, 1]; got {t!r}")
+    t = check_finite_number(t, "threshold t", low=0.0, high=1.0)
     return (x > t).astype(x.dtype)

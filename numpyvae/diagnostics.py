@@ -71,8 +71,7 @@ def active_units(model, x, threshold=0.01, batch_size=1000, y=None):
     nothing about x, however its variance behaves. Returns ``(count, variances)`` with count
     a Python int and variances the (Z,) float64 array of A_j.
     """
-    if isinstance(threshold, bool) or not np.isscalar(threshold) or not np.isfinite(threshold) or threshold < 0:
-        raise ValueError(f"threshold must be a finite number >= 0; got {threshold!r}")
+    threshold = check.check_finite_number(threshold, "threshold", low=0.0)
     # The means are only (N, Z): keeping them all lets np.var do a stable two-pass variance.
     mu = np.concatenate([m.astype(np.float64) for m, _ in _posterior_batches(model, x, batch_size, y)])
     variances = mu.var(axis=0)

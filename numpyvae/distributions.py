@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 
+from . import _validate as check
 from .layers import sigmoid, softplus, softplus_and_sigmoid
 
 __all__ = [
@@ -135,31 +136,44 @@ def kl_full_gaussians(mu_q, cov_q, mu_p, cov_p):
         KL = 1/2 * ( tr(cov_p^{-1} cov_q) + (mu_p - mu_q)^T cov_p^{-1} (mu_p - mu_q)
                      - k + log det cov_p - log det cov_q )
 
-    Shapes: mu (..., k), cov (..., k, k) (leading batch axes broadcast). Computed through
-    Cholesky factors, so a covariance that is not symmetric positive definite raises.
+    Shapes: mu (..., k), cov (..., k, k) (leading batch axes broadcast). Computed in float64,
+    through Cholesky factors. Raises TypeError for non-real input and ValueError, naming the
+    argument, for NaN or inf, wrong shapes, or a covariance that is not symmetric positive definite.
     """
-    mu_q, mu_p = np.asarray(mu_q), np.asarray(mu_p)
-    cov_q, cov_p = np.asarray(cov_q), np.asarray(cov_p)
-    k = mu_q.shape[-1]
-    if cov_q.shape[-2:] != (k, k) or cov_p.shape[-2:] != (k, k) or mu_p.shape[-1] != k:
-        raise ValueError(f"kl_full_gaussians: expected means (..., {k}) and covariances "
-                         f"(..., {k}, {k}); got {mu_q.shape}, {cov_q.shape}, {mu_p.shape}, {cov_p.shape}")
+    mu_q, cov_q, mu_p, cov_p = (check.check_finite_array(a, name) for a, name in
+                                ((mu_q, "mu_q"), (cov_q, "cov_q"), (mu_p, "mu_p"), (cov_p, "cov_p")))
+    k = mu_q.shape[-1] if mu_q.ndim else 0
+    if (mu_q.ndim == 0 or mu_p.ndim == 0 or mu_p.shape[-1] != k
+            or cov_q.shape[-2:] != (k, k) or cov_p.shape[-2:] != (k, k)):
+        raise ValueError(f"kl_full_gaussians: expected means mu_q, mu_p of shape (..., k) and covariances "
+                         f"cov_q, cov_p of shape (..., k, k); got {mu_q.shape}, {cov_q.shape}, {mu_p.shape}, "
+                         f"{cov_p.shape}")
+    for name, cov in (("cov_q", cov_q), ("cov_p", cov_p)):
+        # Cholesky reads one triangle only: an asymmetric matrix would silently be replaced by
+        # the symmetric matrix of its lower half. Tolerance: rounding, relative to the largest entry.
+        if np.max(np.abs(cov - np.swapaxes(cov, -1, -2)), initial=0.0) > 1e-10 * np.max(np.abs(cov), initial=0.0):
+            raise ValueError(f"kl_full_gaussians: {name} must be symmetric")
     try:
         chol_q = np.linalg.cholesky(cov_q)
         chol_p = np.linalg.cholesky(cov_p)
     except np.linalg.LinAlgError as exc:
-        raise ValueError("kl_full_gaussians: covariances must be symmetric positive definite") from exc
+        raise ValueError("kl_full_gaussians: covariances cov_q and cov_p must be positive definite") from exc
     # log det S = 2 sum log diag(chol(S))
     logdet_q = 2.0 * np.sum(np.log(np.diagonal(chol_q, axis1=-2, axis2=-1)), axis=-1)
     logdet_p = 2.0 * np.sum(np.log(np.diagonal(chol_p, axis1=-2, axis2=-1)), axis=-1)
     # With cov_p = Lp Lp^T: tr(cov_p^{-1} cov_q) = ||Lp^{-1} Lq||_F^2 and the Mahalanobis
     # term is ||Lp^{-1} (mu_p - mu_q)||^2; solving against Lp avoids forming an inverse.
-    a = np.linalg.solve(chol_p, chol_q)
-    trace = np.sum(a * a, axis=(-2, -1))
-    diff = (mu_p - mu_q)[..., None]
-    m = np.linalg.solve(chol_p, np.broadcast_to(diff, np.broadcast_shapes(diff.shape, chol_p.shape[:-1] + (1,))))
-    maha = np.sum(m * m, axis=(-2, -1))
-    return 0.5 * (trace + maha - k + logdet_p - logdet_q)
+    with np.errstate(over="ignore", invalid="ignore"):     # an overflow is refused just below
+        a = np.linalg.solve(chol_p, chol_q)
+        trace = np.sum(a * a, axis=(-2, -1))
+        diff = (mu_p - mu_q)[..., None]
+        m = np.linalg.solve(chol_p, np.broadcast_to(diff, np.broadcast_shapes(diff.shape, chol_p.shape[:-1] + (1,))))
+        maha = np.sum(m * m, axis=(-2, -1))
+        kl = 0.5 * (trace + maha - k + logdet_p - logdet_q)
+    if not np.all(np.isfinite(kl)):
+        raise ValueError("kl_full_gaussians: the KL overflows float64 (the two Gaussians differ by "
+                         "too many orders of magnitude in scale or location)")
+    return kl
 
 
 # ---------------------------------------------------------------------------
@@ -264,6 +278,7 @@ class BernoulliLikelihood:
 
     name = "bernoulli"
     heads = ("out",)
+    head_ranges = {}      # no head is bounded
 
     def check_targets(self, x):
         if np.any(x < 0) or np.any(x > 1):
@@ -289,6 +304,7 @@ class GaussianLikelihood:
 
     name = "gaussian"
     heads = ("out",)
+    head_ranges = {}      # the variance is fixed: nothing to bound
 
     def __init__(self, obs_var=1.0):
         if not np.isscalar(obs_var) or not np.isfinite(obs_var) or obs_var <= 0:
@@ -312,10 +328,21 @@ class GaussianLikelihood:
 
 
 class GaussianLearnedLikelihood:
-    """p(x|z) = N(x; mean, diag(exp(logvar))): heads "out" = mean and "logvar" per pixel."""
+    """p(x|z) = N(x; mean, diag(exp(logvar))): heads "out" = mean and "logvar" per pixel.
+
+    The "logvar" head is bounded (SoftClip, (B8) in docs/backprop.md) to head_ranges["logvar"]
+    = (2 log MIN_STD, 40): no pixel's standard deviation falls below MIN_STD = 0.1 (in data
+    units), so log p(x|z) <= -D log(MIN_STD sqrt(2 pi)), 1.38 nats per pixel. Without a floor the
+    likelihood is unbounded above on pixels the decoder reconstructs exactly (MNIST's black
+    border) and training on MNIST is erratic. 0.1 is about the reconstruction error a good model
+    reaches on MNIST grey values in [0, 1]; the measurements behind it and the trade-off:
+    docs/distributions.md, section 4. The ceiling is the posterior's (model.POSTERIOR_LOGVAR_RANGE).
+    """
 
     name = "gaussian-learned"
     heads = ("out", "logvar")
+    MIN_STD = 0.1
+    head_ranges = {"logvar": (2.0 * math.log(MIN_STD), 40.0)}
 
     def check_targets(self, x):
         pass

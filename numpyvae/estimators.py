@@ -22,11 +22,13 @@ the batch), so their outputs add directly to the KL term's gradient in VAE.loss_
 
 import numpy as np
 
+from ._validate import check_finite_number, check_nonnegative_int
 from .layers import MLP, Linear
 from .optim import Adam
 
 __all__ = ["diag_gaussian_score", "score_function_grad", "leave_one_out_baseline",
-           "stl_path_grad_z", "EMABaseline", "LearnedBaseline", "BASELINES", "make_baseline"]
+           "stl_path_grad_z", "EMABaseline", "LearnedBaseline", "BASELINES", "make_baseline",
+           "check_baseline"]
 
 
 def diag_gaussian_score(eps, logvar):
@@ -92,9 +94,7 @@ class EMABaseline:
     Eq. (S3), docs/estimators.md. Computed from earlier minibatches only, so unbiased."""
 
     def __init__(self, decay=0.9):
-        if not 0 <= decay < 1:
-            raise ValueError(f"decay must be in [0, 1); got {decay!r}")
-        self.decay = float(decay)
+        self.decay = check_finite_number(decay, "decay", low=0.0, high=1.0, high_inclusive=False)
         self.mean = None        # no estimate before the first observation
         self.frozen = False
 
@@ -125,7 +125,7 @@ class LearnedBaseline:
     """
 
     def __init__(self, input_dim, hidden=100, lr=1e-3, seed=0, dtype=np.float32, activation="tanh"):
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(check_nonnegative_int(seed, "seed"))
         self.trunk = MLP((input_dim, hidden), activation, rng, dtype)
         self.head = Linear(hidden, 1, rng, dtype)
         self.params = {f"trunk.{k}": v for k, v in self.trunk.named_params().items()}
@@ -175,6 +175,22 @@ class LearnedBaseline:
 
 
 BASELINES = ("none", "ema", "loo", "learned")
+
+
+def check_baseline(baseline):
+    """``baseline`` as estimator="score" takes it: None, "loo", or an object with the methods
+    ``value(x)`` and ``observe(x, f)`` (EMABaseline, LearnedBaseline or one of your own).
+    ValueError for another string, TypeError naming ``baseline`` for anything else."""
+    if baseline is None:
+        return None
+    if isinstance(baseline, str):
+        if baseline != "loo":
+            raise ValueError(f"baseline must be None, 'loo' or a baseline object; got {baseline!r}")
+        return baseline
+    if not (callable(getattr(baseline, "value", None)) and callable(getattr(baseline, "observe", None))):
+        raise TypeError(f"baseline must be None, 'loo' or an object with methods value(x) and observe(x, f) "
+                        f"(e.g. numpyvae.estimators.EMABaseline()); got {type(baseline).__name__}")
+    return baseline
 
 
 def make_baseline(name, input_dim=None, seed=0, dtype=np.float32):

@@ -29,6 +29,8 @@ Everything here works on any function of NumPy arrays; nothing is VAE-specific.
 
 import numpy as np
 
+from ._validate import check_finite_number
+
 __all__ = ["rel_error", "numerical_gradient", "numerical_gradient_array",
            "check_param_grads", "check_layer_backward"]
 
@@ -50,16 +52,17 @@ def rel_error(a, n):
 
 
 def _require_float64(x, what):
-    if x.dtype != np.float64:
+    if not isinstance(x, np.ndarray) or x.dtype != np.float64:
         raise TypeError(f"gradient checks need float64 {what} (float32 rounding swamps the "
-                        f"finite differences); got {x.dtype}")
+                        f"finite differences); got {getattr(x, 'dtype', type(x).__name__)}")
 
 
 def numerical_gradient(f, x, h=1e-5):
     """Central-difference gradient of a scalar function ``f()`` with respect to the array
     ``x``, which ``f`` reads (x is perturbed in place, one entry at a time, then restored).
-    Eq. (C1), docs/gradcheck.md. Returns an array shaped like x."""
+    Eq. (C1), docs/gradcheck.md. Returns an array shaped like x. ``h``: a positive finite step."""
     _require_float64(x, "arrays")
+    h = check_finite_number(h, "h", low=0.0, low_inclusive=False)
     grad = np.zeros_like(x)
     it = np.nditer(x, flags=["multi_index"], op_flags=[["readwrite"]])
     for _ in it:

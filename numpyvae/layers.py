@@ -22,7 +22,7 @@ so that every layer is a single BLAS matrix product, never a Python loop over ro
 import numpy as np
 
 __all__ = [
-    "Linear", "Tanh", "ReLU", "Sigmoid", "Softplus", "Identity", "MLP",
+    "Linear", "Tanh", "ReLU", "Sigmoid", "Softplus", "Identity", "SoftClip", "Head", "MLP",
     "glorot_uniform", "he_normal", "make_activation", "ACTIVATIONS",
     "sigmoid", "softplus", "softplus_and_sigmoid",
 ]
@@ -239,6 +239,78 @@ class Identity:
 
     def backward(self, dy):
         return dy
+
+
+class SoftClip:
+    """A smooth two-sided bound: y = low + softplus(x - low) - softplus(x - high).   Eq. (B8), docs/backprop.md
+
+    The identity in the middle (off by at most e^{-(x - low)} + e^{-(high - x)}), tending to
+    ``low`` as x -> -inf and to ``high`` as x -> +inf; dy/dx = sigmoid(x - low) - sigmoid(x - high),
+    in (0, 1). The model puts it on every log-variance head (docs/elbo.md, section 4).
+
+    Evaluated as the equal form clip(x, low, high) + softplus(-|x - low|) - softplus(-|x - high|)
+    (docs/backprop.md): each softplus sees a non-positive argument and lies in (0, log 2], so
+    nothing cancels. The textbook form loses the middle's precision (low + (x - low) is rounded
+    at the scale of |low|, not of x) and, for |x| far beyond the bounds, is not even between them
+    (float32, bounds +-30, x = 1e9: every term rounds to x or -x and the result is 0).
+    Shapes: any; the dtype is kept.
+    """
+
+    params = {}
+    grads = {}
+
+    def __init__(self, low, high):
+        low, high = float(low), float(high)
+        if not (np.isfinite(low) and np.isfinite(high) and low < high):
+            raise ValueError(f"SoftClip needs finite bounds low < high; got low={low}, high={high}")
+        self.low, self.high = low, high
+
+    def forward(self, x, inplace=False):
+        self.cache = x            # the backward pass needs x itself, so never in place
+        # The bounds are Python floats, so a float32 x gives a float32 y.
+        y = np.clip(x, self.low, self.high)
+        y += softplus(-np.abs(x - self.low))
+        y -= softplus(-np.abs(x - self.high))
+        return y
+
+    def backward(self, dy):
+        x = self.cache
+        return dy * (sigmoid(x - self.low) - sigmoid(x - self.high))
+
+    def __repr__(self):
+        return f"SoftClip({self.low:g}, {self.high:g})"
+
+
+class Head:
+    """An output head: a Linear layer followed by a parameter-free elementwise layer ``then``
+    (e.g. SoftClip), y = then(x @ W + b). Its ``params`` and ``grads`` are the Linear's, under the
+    same keys "W" and "b", so a bounded head is named like a plain Linear one ("enc.logvar.W").
+    ``backward(dy, need_dx)`` is the chain rule: then's backward, then Linear's (Eq. (B2))."""
+
+    def __init__(self, linear, then):
+        self.linear, self.then = linear, then
+
+    @property
+    def params(self):
+        return self.linear.params
+
+    @property
+    def grads(self):
+        return self.linear.grads
+
+    @property
+    def in_features(self):
+        return self.linear.in_features
+
+    @property
+    def out_features(self):
+        return self.linear.out_features
+
+    def forward(self, x):
+        return self.then.forward(self.linear.forward(x))
+
+    def backward(self, dy, need_dx=True):
+        return self.linear.backward(self.then.backward(dy), need_dx=need_dx)
 
 
 ACTIVATIONS = {"tanh": Tanh, "relu": ReLU, "sigmoid": Sigmoid, "softplus": Softplus,

@@ -6,7 +6,9 @@ Inference model (Eq. (E4), docs/elbo.md):    q_phi(z | x) = N(mu(x), diag(exp(lo
 The encoder is an MLP trunk followed by Linear heads (mu and logvar, plus "tril" for a
 full-covariance posterior); the decoder is an MLP trunk with the hidden widths reversed,
 followed by one Linear head per output of the likelihood ("out": logits or mean; "logvar"
-for the learned-variance Gaussian).
+for the learned-variance Gaussian). Every log-variance head is a Linear layer followed by a
+smooth bound, SoftClip (Eq. (B8), docs/backprop.md), and starts with zero weights and bias, so
+every input starts at variance 1 (docs/elbo.md, section 4).
 
 Per datapoint, with L reparameterized samples z_l = mu + exp(logvar/2) * eps_l,
 
@@ -31,8 +33,8 @@ from .distributions import (
     log_standard_normal, make_likelihood, normalized_importance_weights, reparameterize,
     reparameterize_backward, reparameterize_full, reparameterize_full_backward,
 )
-from .estimators import leave_one_out_baseline, score_function_grad, stl_path_grad_z
-from .layers import MLP, Linear
+from .estimators import check_baseline, leave_one_out_baseline, score_function_grad, stl_path_grad_z
+from .layers import MLP, Head, Linear, SoftClip
 
 __all__ = ["VAE", "ESTIMATORS", "POSTERIORS"]
 
@@ -46,6 +48,15 @@ ESTIMATORS = ("reparam", "score", "blocked", "stl")
 # "diag": q = N(mu, diag(exp(logvar))); "full": q = N(mu, L L^T), L = diag(exp(logvar/2)) + T.
 POSTERIORS = ("diag", "full")
 
+
+# The range (low, high) of the posterior's log-variance, kept by a smooth bound on the "logvar" head
+# (SoftClip, Eq. (B8), docs/backprop.md; the reasons for the numbers: docs/elbo.md, section 4).
+# 40 nats either side of the prior's log-variance 0. In [-5, 5] the bound moves a value by at most one
+# float64 rounding unit, in [-10, 10] by 1e-13 and not at all in float32: trained values are not bent,
+# and a log-variance set by hand through the head's bias (numpyvae.ppca.linear_vae_from_ppca) is
+# exact. At the ceiling every float32 quantity stays finite (e^40 = 2.4e17; z's standard deviation
+# is e^20 = 4.9e8).
+POSTERIOR_LOGVAR_RANGE = (-40.0, 40.0)
 
 # Peak memory one chunk of VAE.log_likelihood (and diagnostics.log_likelihood_prior_sampling) may
 # take by default: decoder outputs and the likelihood's temporaries included.
@@ -82,10 +93,11 @@ class VAE:
         if posterior not in POSTERIORS:
             raise ValueError(f"unknown posterior {posterior!r}; expected one of {list(POSTERIORS)}")
         self.posterior = posterior
-        self.likelihood = make_likelihood(likelihood, obs_var)
+        # Checked whatever the likelihood: the config is saved as JSON, which cannot hold inf or NaN.
+        self.obs_var = check.check_finite_number(obs_var, "obs_var", low=0.0, low_inclusive=False)
+        self.seed = check.check_nonnegative_int(seed, "seed")
+        self.likelihood = make_likelihood(likelihood, self.obs_var)
         self.activation = activation
-        self.obs_var = float(obs_var)
-        self.seed = seed
 
         rng = np.random.default_rng(seed)
         D, Z, H, C = self.input_dim, self.latent_dim, self.hidden_dims, self.cond_dim
@@ -93,13 +105,15 @@ class VAE:
         head_widths = {"mu": Z, "logvar": Z}
         if posterior == "full":
             head_widths["tril"] = Z * (Z - 1) // 2
-        self.enc_heads = {name: Linear(self.encoder.out_features, w, rng, self.dtype)
+        enc_ranges = {"logvar": POSTERIOR_LOGVAR_RANGE}
+        self.enc_heads = {name: self._make_head(self.encoder.out_features, w, rng, enc_ranges.get(name))
                           for name, w in head_widths.items()}
         if posterior == "full":
             # Start at a diagonal posterior: the off-diagonal factor grows only if it helps.
             self.enc_heads["tril"].params["W"][...] = 0.0
         self.decoder = MLP((Z + C,) + H[::-1], activation, rng, self.dtype)
-        self.dec_heads = {name: Linear(self.decoder.out_features, D, rng, self.dtype)
+        self.dec_heads = {name: self._make_head(self.decoder.out_features, D, rng,
+                                                self.likelihood.head_ranges.get(name))
                           for name in self.likelihood.heads}
 
         # The live arrays, by their public names. Writing into them changes the model.
@@ -110,6 +124,21 @@ class VAE:
         self.params.update({f"dec.{k}": v for k, v in self.decoder.named_params().items()})
         for head, layer in self.dec_heads.items():
             self.params.update({f"dec.{head}.{k}": v for k, v in layer.params.items()})
+
+    def _make_head(self, fan_in, width, rng, value_range=None):
+        """An output head of ``width`` units on a trunk of ``fan_in``: a Linear layer, or, given a
+        ``value_range`` (low, high), a log-variance head: Linear then SoftClip(low, high) (Eq. (B8),
+        docs/backprop.md), which starts with zero weights and zero bias (docs/elbo.md, section 4)."""
+        linear = Linear(fan_in, width, rng, self.dtype)     # drawn either way: the rng stream stays the same
+        if value_range is None:
+            return linear
+        # Zero weights: every input starts at log-variance 0, i.e. variance 1 (the prior's, for the
+        # posterior), whatever the scale of the data. Random weights make the initial log-variance a
+        # random linear function of the input, as large as the input: up to +-15 to +-33 on 6-D data of
+        # scale 5 (initial ELBOs of -2.5e4 to -1.6e12 nats) and several hundred on 0-255 pixels (NaN in
+        # float32). The gradient dW = h^T dy is not zero, so the head learns from the first step.
+        linear.params["W"][...] = 0.0
+        return Head(linear, SoftClip(*value_range))
 
     # ------------------------------------------------------------------ description
 
@@ -359,7 +388,7 @@ class VAE:
         L_1 is the ELBO (with the KL sampled); L_k increases with k towards log p(x).
         """
         x = self._check_x(x)
-        eps = check.noise(eps, k, x.shape[0], self.latent_dim, rng, self.dtype)
+        eps = check.noise(eps, k, x.shape[0], self.latent_dim, rng, self.dtype, count_name="k")
         log_w, _ = self._log_weights(x, None, eps)
         return self._log_mean_exp(log_w)
 
@@ -392,11 +421,8 @@ class VAE:
             raise ValueError(f"posterior='full' supports estimator 'reparam' or 'blocked'; got {estimator!r}")
         if baseline is not None and estimator != "score":
             raise ValueError(f"a baseline only applies to estimator='score' (got estimator={estimator!r})")
-        if isinstance(baseline, str) and baseline != "loo":
-            raise ValueError(f"baseline must be None, 'loo' or a baseline object; got {baseline!r}")
-        if isinstance(beta, bool) or not np.isscalar(beta) or not np.isfinite(beta) or beta < 0:
-            raise ValueError(f"beta must be a finite number >= 0; got {beta!r}")
-        beta = float(beta)
+        check_baseline(baseline)
+        beta = check.check_finite_number(beta, "beta", low=0.0)
 
         eps = check.noise(eps, n_samples, x.shape[0], self.latent_dim, rng, self.dtype)
         L, B, Z = eps.shape
@@ -463,7 +489,7 @@ class VAE:
         path z_i = mu + L eps_i (in log p(x|z_i) + log p(z_i)), and directly through
         log q = -1/2 sum (log 2pi + logvar + eps^2), whose logvar-derivative is -1/2.
         """
-        eps = check.noise(eps, k, x.shape[0], self.latent_dim, rng, self.dtype)
+        eps = check.noise(eps, k, x.shape[0], self.latent_dim, rng, self.dtype, count_name="k")
         K, B, Z = eps.shape
         log_w, f = self._log_weights(x, c, eps, with_grad=True)
         bound = self._log_mean_exp(log_w)

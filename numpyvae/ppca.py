@@ -44,18 +44,18 @@ def _check_data(x):
 
 
 def _check_params(W, b, sigma2):
-    """W (Z, D), b (D,), sigma2 > 0 as float64 arrays and a float, or a clear error."""
-    W = np.asarray(W, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
+    """W (Z, D), b (D,), sigma2 > 0 as finite float64 arrays and a float, or a clear error."""
+    W = check.check_finite_array(W, "W")
+    b = check.check_finite_array(b, "b")
     if W.ndim != 2:
         raise ValueError(f"W must be 2-D with shape (latent_dim, input_dim); got shape {W.shape}")
     if b.shape != (W.shape[1],):
         raise ValueError(f"b must have shape ({W.shape[1]},) to match W of shape {W.shape}; got {b.shape}")
-    if not (np.all(np.isfinite(W)) and np.all(np.isfinite(b))):
-        raise ValueError("W and b must be finite")
-    if isinstance(sigma2, bool) or not np.isscalar(sigma2) or not np.isfinite(sigma2) or sigma2 <= 0:
-        raise ValueError(f"sigma2 must be a positive finite number; got {sigma2!r}")
-    return W, b, float(sigma2)
+    return W, b, _check_sigma2(sigma2)
+
+
+def _check_sigma2(sigma2):
+    return check.check_finite_number(sigma2, "sigma2", low=0.0, low_inclusive=False)
 
 
 def ppca_covariance(W, sigma2):
@@ -64,8 +64,10 @@ def ppca_covariance(W, sigma2):
     W is (Z, D): each row is one latent direction in data space. Each of the Z directions
     adds W_j^T W_j (a rank-one matrix) to the isotropic noise sigma2 I.
     """
-    W = np.asarray(W, dtype=np.float64)
-    return W.T @ W + sigma2 * np.eye(W.shape[1])
+    W = check.check_finite_array(W, "W")
+    if W.ndim != 2:
+        raise ValueError(f"W must be 2-D with shape (latent_dim, input_dim); got shape {W.shape}")
+    return W.T @ W + _check_sigma2(sigma2) * np.eye(W.shape[1])
 
 
 def ppca_fit(x, latent_dim):

@@ -14,12 +14,26 @@ A run directory holds:
     history.json     per-epoch train/test ELBO, reconstruction and KL terms (nats), beta, time
     config.json      the model and training configuration, human-readable
     *.png            figures (numpyvae.plotting)
+    run.lock         locked while a process writes into the directory (see run_lock)
+
+One writer at a time: ``train`` (and ``save_run``) hold the run lock of their directory for as
+long as they write into it, so two processes never mix their files in one directory. Every
+file is written atomically, so a reader (``load_run``) that takes no lock still sees either
+the previous checkpoint or the new one, never half of one.
+
+Divergence: a step whose minibatch ELBO or gradient is not finite stops training with a
+``TrainingDiverged`` error that names the epoch, the step and what went non-finite, before
+the bad step touches the model; a checkpoint is only ever written from finite parameters.
 """
 
+import contextlib
 import dataclasses
+import errno
 import math
 import os
+import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -27,7 +41,8 @@ import numpy as np
 
 from . import __version__
 from ._validate import check_positive_int
-from .checkpoint import atomic_write_json, load_checkpoint, rng_from_json, rng_state_to_json, save_checkpoint
+from .checkpoint import (atomic_write_json, load_checkpoint, remove_stale_temporaries, rng_from_json,
+                         rng_state_to_json, save_checkpoint)
 from .data import binarize
 from .distributions import kl_diag_gaussian_standard_per_dim
 from .estimators import BASELINES, make_baseline
@@ -37,12 +52,15 @@ from .optim import SGD, Adam
 
 __all__ = ["TrainConfig", "Run", "make_optimizer", "kl_warmup_beta", "minibatches", "evaluate_elbo",
            "prepare_pixels", "train", "save_run", "load_run", "new_run", "fixed_test_noise",
-           "history_table", "HISTORY_KEYS"]
+           "history_table", "HISTORY_KEYS", "TrainingDiverged", "RunInUseError", "run_lock",
+           "create_run_dir", "run_files", "estimate_parameters"]
 
 HISTORY_KEYS = ("epoch", "train_elbo", "train_rec", "train_kl", "test_elbo", "test_rec", "test_kl",
                 "test_kl_per_dim", "beta", "seconds")
 BINARIZE_MODES = ("none", "static", "dynamic")
 CHECKPOINT = "checkpoint.npz"
+RUN_FILES = (CHECKPOINT, "history.json", "config.json")   # what makes a directory a run
+LOCK_FILE = "run.lock"
 
 
 @dataclass
@@ -200,77 +218,173 @@ def _format_eta(seconds):
     return f"{seconds // 60:d}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds:d}s"
 
 
+class TrainingDiverged(FloatingPointError):
+    """Training produced a non-finite number. Raised before the bad step changes the model,
+    and before anything non-finite is saved: the checkpoint of the last completed epoch (if
+    any) is the one on disk.
+
+    Attributes: epoch (the epoch that diverged, 1-based), step (1-based step within it, or
+    None when the end-of-epoch evaluation found it), steps (steps per epoch), reason (what
+    went non-finite), saved_epoch (the epoch of the checkpoint on disk, 0 for none),
+    out_dir, and the run's lr, clip_norm and (planned) epochs.
+    """
+
+    def __init__(self, run, epoch, step, steps, reason, out_dir):
+        self.epoch, self.step, self.steps, self.reason, self.out_dir = epoch, step, steps, reason, out_dir
+        self.saved_epoch = run.epoch if out_dir is not None else 0
+        self.lr, self.clip_norm, self.epochs = run.config.lr, run.config.clip_norm, run.config.epochs
+        where = (f"epoch {epoch}, step {step} of {steps}" if step is not None
+                 else f"epoch {epoch} (at the evaluation after its last step)")
+        if out_dir is None:
+            saved = "nothing is saved (no out_dir)"
+        elif self.saved_epoch == 0:
+            saved = f"nothing was saved in {out_dir} (no epoch had finished)"
+        else:
+            saved = f"{out_dir} keeps the checkpoint of epoch {self.saved_epoch}"
+        clip = "--clip-norm" if self.clip_norm is None else f"a smaller --clip-norm (now {self.clip_norm:g})"
+        super().__init__(f"training diverged at {where}: {reason}; {saved}; "
+                         f"try a smaller --lr (now {self.lr:g}) or {clip}")
+
+
+def _nonfinite(values):
+    """The name of the first entry of {name: array or number} holding NaN or inf, or None."""
+    for name, value in values.items():
+        if not np.all(np.isfinite(value)):
+            return name
+    return None
+
+
+def _progress_line(epoch, cfg, done, n_batches, steps_per_epoch, elbo_sum, n, start):
+    elapsed = time.perf_counter() - start
+    rate = done * cfg.batch_size / max(elapsed, 1e-9)
+    eta = elapsed / done * (n_batches - done + steps_per_epoch * (cfg.epochs - epoch))
+    return (f"\repoch {epoch}/{cfg.epochs}  step {done}/{n_batches}  "
+            f"elbo {elbo_sum / min(done * cfg.batch_size, n):9.2f}  "
+            f"{rate:7.0f} samples/s  ETA {_format_eta(eta)}   ")
+
+
 def train(run, x_train, x_test, out_dir=None, log=print, progress=None, on_epoch_end=None,
           y_train=None, y_test=None):
     """Train ``run.model`` from epoch ``run.epoch`` up to ``run.config.epochs``.
 
     x_train, x_test: (N, D) arrays as given to prepare_pixels (already binarised if static).
-    out_dir: when given, a checkpoint and history.json are written there after every epoch.
+    out_dir: when given, a checkpoint and history.json are written there after every epoch,
+    holding the directory's run lock (``run_lock``) for the whole call; RunInUseError if
+    another process holds it.
     log: called with one summary line per epoch. progress: ``True`` for an in-place progress
     line with rate and ETA during each epoch (default: when stdout is a terminal).
     y_train, y_test: integer labels, needed (only) when the model is a ConditionalVAE.
     Returns the run (updated in place).
+
+    Raises TrainingDiverged (a FloatingPointError) at the first step whose minibatch ELBO or
+    gradient is NaN or inf, or when an epoch ends with a non-finite test ELBO or parameter;
+    the model is not updated by that step and nothing non-finite is saved.
     """
-    model, cfg, rng = run.model, run.config, run.rng
     if log is None:
         log = lambda line: None  # noqa: E731  (quiet)
+    if progress is None:
+        progress = sys.stdout.isatty()
+    if out_dir is None:
+        return _train_epochs(run, x_train, x_test, None, log, progress, on_epoch_end, y_train, y_test)
+    os.makedirs(out_dir, exist_ok=True)
+    with run_lock(out_dir):
+        return _train_epochs(run, x_train, x_test, out_dir, log, progress, on_epoch_end, y_train, y_test)
+
+
+def _train_epochs(run, x_train, x_test, out_dir, log, progress, on_epoch_end, y_train, y_test):
+    model, cfg = run.model, run.config
     x_train = np.ascontiguousarray(x_train, dtype=model.dtype)
     x_test = np.ascontiguousarray(x_test, dtype=model.dtype)
     n = x_train.shape[0]
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    if n == 0 or x_test.shape[0] == 0:
+        raise ValueError(f"training needs data: x_train has {n} rows and x_test {x_test.shape[0]}")
     eps_test = fixed_test_noise(model, x_test.shape[0], cfg.seed)
-    if progress is None:
-        progress = sys.stdout.isatty()
 
     while run.epoch < cfg.epochs:
         start = time.perf_counter()
         epoch = run.epoch + 1
-        x_epoch = binarize(x_train, rng) if cfg.binarize == "dynamic" else x_train
-        sums = {"elbo": 0.0, "rec": 0.0, "kl": 0.0}
-        batches = minibatches(n, cfg.batch_size, rng)
-        for i, idx in enumerate(batches):
-            beta = kl_warmup_beta(run.epoch * steps_per_epoch + i, steps_per_epoch, cfg)
-            labels = _labels(model, y_train, idx)
-            if cfg.objective == "iwae":
-                _, grads, terms = model.iwae_loss_and_grads(x_epoch[idx], *labels, k=cfg.k, rng=rng,
-                                                            return_terms=True)
-            else:
-                _, grads, terms = model.loss_and_grads(x_epoch[idx], *labels, n_samples=cfg.n_samples, rng=rng,
-                                                       estimator=cfg.estimator, beta=beta, return_terms=True,
-                                                       baseline=run.baseline)
-            run.optimizer.step(grads)
-            for k in sums:
-                sums[k] += float(np.sum(terms[k], dtype=np.float64))
-            if progress and (i % 10 == 0 or i == len(batches) - 1):
-                done = i + 1
-                elapsed = time.perf_counter() - start
-                rate = done * cfg.batch_size / max(elapsed, 1e-9)
-                eta = elapsed / done * (len(batches) - done + steps_per_epoch * (cfg.epochs - epoch))
-                print(f"\repoch {epoch}/{cfg.epochs}  step {done}/{len(batches)}  "
-                      f"elbo {sums['elbo'] / min(done * cfg.batch_size, n):9.2f}  "
-                      f"{rate:7.0f} samples/s  ETA {_format_eta(eta)}   ", end="", flush=True)
-        if progress:
-            print("\r" + " " * 100 + "\r", end="", flush=True)
-        test = evaluate_elbo(model, x_test, eps_test, y=y_test)
+        # Non-finite numbers are caught explicitly (TrainingDiverged); numpy's overflow warnings
+        # on the way there would only print noise above that one message.
+        with np.errstate(all="ignore"):
+            sums, beta, steps = _train_steps(run, x_train, y_train, out_dir, progress, start)
+            test = evaluate_elbo(model, x_test, eps_test, y=y_test)
         seconds = time.perf_counter() - start
         row = {"epoch": epoch, "train_elbo": sums["elbo"] / n, "train_rec": sums["rec"] / n,
                "train_kl": sums["kl"] / n, "test_elbo": test["elbo"], "test_rec": test["rec"],
                "test_kl": test["kl"], "test_kl_per_dim": test["kl_per_dim"], "beta": beta, "seconds": seconds}
+        # Checked before the row enters the history and before anything is saved.
+        bad = _nonfinite({**{f"the {k.replace('_', ' ')}": row[k] for k in ("test_elbo", "test_rec", "test_kl")},
+                          **{f"parameter {k!r}": v for k, v in model.params.items()}})
+        if bad is not None:
+            raise TrainingDiverged(run, epoch, None, steps, f"{bad} is not finite", out_dir)
         for k in HISTORY_KEYS:
             run.history.setdefault(k, []).append(row[k])
-        if not all(math.isfinite(row[k]) for k in ("train_elbo", "test_elbo")):
-            raise FloatingPointError(f"training diverged at epoch {epoch} (ELBO is {row['train_elbo']}); "
-                                     "try a smaller --lr or --clip-norm")
         run.epoch = epoch
         remaining = sum(run.history["seconds"]) / len(run.history["seconds"]) * (cfg.epochs - epoch)
         log(f"epoch {epoch:3d}/{cfg.epochs}  train ELBO {row['train_elbo']:9.2f}  test ELBO {row['test_elbo']:9.2f}"
             f"  (rec {row['test_rec']:9.2f}, KL {row['test_kl']:6.2f})  beta {beta:.2f}"
             f"  {n / seconds:6.0f} samples/s  {seconds:5.1f}s  ETA {_format_eta(remaining)}")
         if out_dir is not None:
-            save_run(run, out_dir)
+            _save_epoch(run, out_dir)
         if on_epoch_end is not None:
             on_epoch_end(run)
     return run
+
+
+def _train_steps(run, x_train, y_train, out_dir, progress, start):
+    """The minibatch steps of epoch run.epoch + 1. Returns the summed ELBO, reconstruction and KL
+    terms over the epoch, the last beta, and the number of steps.
+
+    Before each optimiser step the minibatch ELBO and the loss must be finite, and
+    Optimizer.step checks every gradient before it changes anything: a non-finite value stops
+    training (TrainingDiverged) with the model as it was before that step."""
+    model, cfg, rng = run.model, run.config, run.rng
+    n, epoch = x_train.shape[0], run.epoch + 1
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    x_epoch = binarize(x_train, rng) if cfg.binarize == "dynamic" else x_train
+    sums = {"elbo": 0.0, "rec": 0.0, "kl": 0.0}
+    batches = minibatches(n, cfg.batch_size, rng)
+    try:
+        for i, idx in enumerate(batches):
+            beta = kl_warmup_beta(run.epoch * steps_per_epoch + i, steps_per_epoch, cfg)
+            labels = _labels(model, y_train, idx)
+            if cfg.objective == "iwae":
+                loss, grads, terms = model.iwae_loss_and_grads(x_epoch[idx], *labels, k=cfg.k, rng=rng,
+                                                               return_terms=True)
+            else:
+                loss, grads, terms = model.loss_and_grads(x_epoch[idx], *labels, n_samples=cfg.n_samples, rng=rng,
+                                                          estimator=cfg.estimator, beta=beta, return_terms=True,
+                                                          baseline=run.baseline)
+            step = {k: float(np.sum(terms[k], dtype=np.float64)) for k in sums}
+            try:
+                for what, value in (("the minibatch ELBO", step["elbo"]), ("the loss", float(loss))):
+                    if not math.isfinite(value):
+                        raise FloatingPointError(f"{what} is {value}")
+                run.optimizer.step(grads)
+            except FloatingPointError as exc:
+                # The optimiser's first sentence says what is wrong; our message gives the advice.
+                reason = str(exc).split(". ")[0].rstrip(".")
+                raise TrainingDiverged(run, epoch, i + 1, len(batches), reason, out_dir) from exc
+            for k in sums:
+                sums[k] += step[k]
+            if progress and (i % 10 == 0 or i == len(batches) - 1):
+                print(_progress_line(epoch, cfg, i + 1, len(batches), steps_per_epoch, sums["elbo"], n, start),
+                      end="", flush=True)
+    finally:
+        if progress:
+            print("\r" + " " * 100 + "\r", end="", flush=True)
+    return sums, beta, len(batches)
+
+
+def _save_epoch(run, out_dir):
+    """save_run, with an OSError (full disk, lost permission) that says which checkpoint is left."""
+    try:
+        save_run(run, out_dir)
+    except OSError as exc:
+        left = (f"the checkpoint of epoch {run.epoch - 1} is intact" if run.epoch > 1
+                else "no checkpoint was written")
+        raise OSError(exc.errno, f"could not save epoch {run.epoch} in {out_dir} "
+                                 f"({exc.strerror or exc}); {left}") from exc
 
 
 # ---------------------------------------------------------------------------
@@ -278,7 +392,9 @@ def train(run, x_train, x_test, out_dir=None, log=print, progress=None, on_epoch
 # ---------------------------------------------------------------------------
 
 def save_run(run, out_dir):
-    """Write checkpoint.npz (atomic), history.json and config.json into out_dir."""
+    """Write history.json, config.json and checkpoint.npz (each atomically) into out_dir,
+    holding its run lock. The checkpoint goes last, so if any write fails (a full disk) the
+    checkpoint on disk is still the previous one, complete."""
     os.makedirs(out_dir, exist_ok=True)
     opt_state = run.optimizer.state_dict()
     arrays = {f"param.{k}": v for k, v in run.model.params.items()}
@@ -292,35 +408,297 @@ def save_run(run, out_dir):
     metadata = {"format": "numpyvae-checkpoint", "version": __version__, "epoch": run.epoch,
                 "optimizer": opt_state["scalars"], "rng": rng_state_to_json(run.rng), "baseline": baseline_state,
                 "history": run.history, **config}
-    save_checkpoint(os.path.join(out_dir, CHECKPOINT), arrays, metadata)
-    atomic_write_json(os.path.join(out_dir, "history.json"), run.history)
-    atomic_write_json(os.path.join(out_dir, "config.json"), {**config, "version": __version__})
+    with run_lock(out_dir):
+        atomic_write_json(os.path.join(out_dir, "history.json"), run.history)
+        atomic_write_json(os.path.join(out_dir, "config.json"), {**config, "version": __version__})
+        save_checkpoint(os.path.join(out_dir, CHECKPOINT), arrays, metadata)
 
+
+# ---------------------------------------------------------------------------
+# Run directories: unique creation and the run lock
+# ---------------------------------------------------------------------------
+
+class RunInUseError(RuntimeError):
+    """Another process holds the run lock of a directory (it is training in it)."""
+
+
+try:                       # POSIX
+    import fcntl
+except ImportError:        # Windows
+    fcntl = None
+    import msvcrt
+
+# The locks this process holds: {real path of the directory: [fd, depth]}. A process that
+# already holds a directory's lock may take it again (the CLI holds it around train(), which
+# takes it too); flock would otherwise refuse a second open file of the same process.
+_held_locks = {}
+_held_locks_guard = threading.Lock()
+_MSVCRT_LOCK_OFFSET = 1 << 20   # Windows: lock a byte past the text, so the text stays readable
+
+
+def _try_lock(fd):
+    """Take an exclusive lock on the open file fd without waiting; False if someone holds it.
+
+    The lock belongs to the open file: the kernel drops it when the process exits, however it
+    exits (kill -9 included), so a lock is never left behind by a dead process."""
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:
+            os.lseek(fd, _MSVCRT_LOCK_OFFSET, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK, errno.EDEADLK):
+            return False
+        raise
+    return True
+
+
+def _unlock(fd):
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    else:
+        os.lseek(fd, _MSVCRT_LOCK_OFFSET, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+
+
+def _holder(fd):
+    """What the lock file says about its holder: 'pid N (started ...)', or a fallback."""
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 1024).decode("utf-8", "replace")
+    except OSError:
+        text = ""
+    info = dict(line.partition(" ")[::2] for line in text.splitlines() if " " in line)
+    pid = info.get("pid", "").strip()
+    if not pid.isdigit():
+        return "another process"
+    host = info.get("host", "").strip()
+    on_host = f" on {host}" if host and host != socket.gethostname() else ""
+    return f"pid {pid}{on_host} (started {info.get('started', '?').strip()})"
+
+
+def _remove_stale_temporaries(directory):
+    """Remove the temporaries that a save killed mid-way (kill -9, power loss) left beside the
+    run files. Only called while holding the run lock: no writer of these files can be in the
+    middle of a save then. (Figures and evaluation.json are also written by commands that only
+    read the run and take no lock, so their temporaries are not touched: one might be live.)"""
+    for name in RUN_FILES:
+        remove_stale_temporaries(os.path.join(directory, name))
+
+
+@contextlib.contextmanager
+def run_lock(directory):
+    """Hold the run lock of ``directory`` (an existing directory) for the ``with`` block.
+
+    The lock is an exclusive, non-blocking lock (flock on POSIX, msvcrt.locking on Windows)
+    on the file ``run.lock`` inside the directory, which records the holder's pid, host and
+    start time for the error message. Because the operating system releases such a lock when
+    its process ends, a process killed with kill -9 leaves the file but not the lock: there is
+    no stale lock to detect or clean up, and the next process simply takes it. (The file stays
+    in the directory; deleting a lock file races with a process that has just opened it.) On a
+    network filesystem the lock is as reliable as that filesystem's locking (Linux NFS clients
+    support it).
+
+    On taking the lock, temporaries left by a killed save are removed. Re-entrant within one
+    process. Raises RunInUseError ("DIR is in use by pid N (started ...); ...") if another
+    process holds it, OSError if the directory cannot be written.
+    """
+    key = os.path.realpath(directory)
+    with _held_locks_guard:
+        held = _held_locks.get(key)
+        if held is None:
+            held = _held_locks[key] = [_acquire(directory), 0]
+        held[1] += 1
+    try:
+        yield directory
+    finally:
+        with _held_locks_guard:
+            held[1] -= 1
+            last = held[1] == 0
+            if last:
+                del _held_locks[key]
+        if last:
+            try:
+                _unlock(held[0])
+            finally:
+                os.close(held[0])
+
+
+def _acquire(directory):
+    path = os.path.join(directory, LOCK_FILE)
+    # O_NOFOLLOW: a run.lock planted as a symlink must not make us truncate the file it points to.
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags, 0o666)
+    try:
+        if not _try_lock(fd):
+            raise RunInUseError(f"{directory} is in use by {_holder(fd)}; "
+                                "wait for it to finish or choose another --out")
+        info = (f"pid {os.getpid()}\nhost {socket.gethostname()}\n"
+                f"started {time.strftime('%Y-%m-%d %H:%M:%S')}\n").encode()
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, info)
+        _remove_stale_temporaries(directory)
+    except BaseException:
+        os.close(fd)   # closing the file also releases the lock, if we had taken it
+        raise
+    return fd
+
+
+def create_run_dir(base):
+    """Create a new, empty directory named ``base`` or, if that exists, ``base-2``, ``base-3``, ...
+    and return its path. Creation is atomic (os.mkdir fails if the name exists), so processes
+    started in the same second never share a directory."""
+    os.makedirs(os.path.dirname(os.path.abspath(base)), exist_ok=True)
+    for n in range(1, 10_000):
+        path = base if n == 1 else f"{base}-{n}"
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"{base}: 10,000 run directories of that name exist already")
+
+
+def run_files(directory):
+    """The files of RUN_FILES present in ``directory`` (a non-empty list means it holds a run)."""
+    return [name for name in RUN_FILES if os.path.lexists(os.path.join(directory, name))]
+
+
+# ---------------------------------------------------------------------------
+# Loading a run, checking every field it reads
+# ---------------------------------------------------------------------------
 
 def _checkpoint_path(path):
     return os.path.join(path, CHECKPOINT) if os.path.isdir(path) else path
+
+
+def _is_number(value):
+    """A finite int or float from JSON (json.loads accepts NaN and Infinity; bool is not a number)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def estimate_parameters(model_config):
+    """The number of parameters of the model a config dict (``VAE.config``) describes, counted
+    from the widths alone, without building it: a Linear layer (m -> n) has (m + 1) n.
+
+    Encoder (D + C) -> H_1 -> ... -> H_n, heads mu and logvar (Z each, plus Z (Z - 1) / 2 for
+    posterior "full"); decoder (Z + C) -> H_n -> ... -> H_1, one head of width D per
+    likelihood output (two for "gaussian-learned"). C = n_classes for a conditional model.
+    Raises TypeError / ValueError for widths that are not positive integers."""
+    D, Z = (check_positive_int(model_config[k], k) for k in ("input_dim", "latent_dim"))
+    H = tuple(check_positive_int(h, "each hidden width") for h in model_config["hidden_dims"])
+    C = check_positive_int(model_config["n_classes"], "n_classes") if "n_classes" in model_config else 0
+
+    def linears(widths):
+        return sum((m + 1) * n for m, n in zip(widths[:-1], widths[1:]))
+
+    encoder, decoder = (D + C,) + H, (Z + C,) + H[::-1]
+    enc_heads = 2 * Z + (Z * (Z - 1) // 2 if model_config.get("posterior") == "full" else 0)
+    dec_heads = D * (2 if model_config.get("likelihood") == "gaussian-learned" else 1)
+    return (linears(encoder) + (encoder[-1] + 1) * enc_heads
+            + linears(decoder) + (decoder[-1] + 1) * dec_heads)
+
+
+def _check_epoch(epoch, config):
+    if not _is_int(epoch) or not 0 <= epoch <= config.epochs:
+        return f"must be an integer from 0 to {config.epochs} (the configured epochs); got {epoch!r}"
+    return None
+
+
+def _check_history(history, epoch, latent_dim):
+    if not isinstance(history, dict):
+        return f"must be a dict of per-epoch lists; got {type(history).__name__}"
+    for key in HISTORY_KEYS:
+        values = history.get(key)
+        if not isinstance(values, list) or len(values) != epoch:
+            got = f"{len(values)} entries" if isinstance(values, list) else repr(type(values).__name__)
+            return f"[{key!r}] must be a list of {epoch} entries (one per epoch); got {got}"
+        for i, v in enumerate(values):
+            ok = (isinstance(v, list) and len(v) == latent_dim and all(map(_is_number, v))
+                  if key == "test_kl_per_dim" else _is_number(v))
+            if not ok:
+                what = f"a list of {latent_dim} finite numbers" if key == "test_kl_per_dim" else "a finite number"
+                return f"[{key!r}][{i}] is not {what}: {v!r}"
+    if history["epoch"] != list(range(1, epoch + 1)):
+        return f"['epoch'] must be 1, 2, ..., {epoch}; got {history['epoch']!r}"
+    return None
+
+
+def _check_optimizer_scalars(scalars, config):
+    """The JSON scalars of the optimiser state: its type and every hyperparameter in range."""
+    if not isinstance(scalars, dict):
+        return f"must be a dict; got {type(scalars).__name__}"
+    expected = {"adam": "Adam", "sgd": "SGD"}[config.optimizer]
+    if scalars.get("type") != expected:
+        return f"['type'] must be {expected!r} (the configured optimizer); got {scalars.get('type')!r}"
+    checks = {"t": (_is_int, "an integer >= 0", lambda v: v >= 0),
+              "lr": (_is_number, "a positive number", lambda v: v > 0),
+              "clip_norm": (lambda v: v is None or _is_number(v), "None or a positive number",
+                            lambda v: v is None or v > 0)}
+    unit = (_is_number, "a number in [0, 1)", lambda v: 0 <= v < 1)
+    checks.update({"beta1": unit, "beta2": unit, "eps": (_is_number, "a positive number", lambda v: v > 0)}
+                  if expected == "Adam" else {"momentum": unit})
+    for key, (is_type, expected_text, in_range) in checks.items():
+        value = scalars.get(key, "<missing>")
+        if not (is_type(value) and in_range(value)):
+            return f"[{key!r}] must be {expected_text}; got {value!r}"
+    return None
+
+
+def _check_data(data):
+    if not (isinstance(data, dict) and all(isinstance(data.get(k), (str, type(None)))
+                                           for k in ("dataset", "data_dir", "cache_dir"))):
+        return f"must be a dict of an optional 'dataset' name and 'data_dir' / 'cache_dir' paths; got {data!r}"
+    return None
 
 
 def load_run(path):
     """Rebuild a Run from a run directory (or a checkpoint file): the model with its parameters,
     the optimiser with its state, the training Generator where it stopped, and the history.
 
-    Raises FileNotFoundError / ValueError with the path and the reason when the checkpoint is
-    missing, corrupt, or does not match the architecture it records.
+    Every field read from the file is checked first: the format, the model and training
+    configuration, ``epoch`` (an integer from 0 to the configured epochs), ``history`` (a list
+    of ``epoch`` finite numbers per key), ``rng`` (a state a Generator can be rebuilt from),
+    the optimiser's scalars, ``data``, the baseline state, and every array (finite; shapes and
+    dtypes of the architecture). Raises FileNotFoundError when the checkpoint is missing and
+    ValueError naming the file and the field for anything else.
     """
     ckpt = _checkpoint_path(os.fspath(path))
     arrays, meta = load_checkpoint(ckpt)
+
+    def invalid(field, problem):
+        return ValueError(f"{ckpt}: field {field!r} {problem}")
+
     if meta.get("format") != "numpyvae-checkpoint":
         raise ValueError(f"{ckpt}: not a numpyvae training checkpoint (format={meta.get('format')!r})")
+    for field in ("model", "train", "epoch", "history", "rng", "optimizer"):
+        if field not in meta:
+            raise invalid(field, "is missing (the checkpoint is incomplete or from another version)")
     try:
         model_cfg = dict(meta["model"])
         model_cfg["hidden_dims"] = tuple(model_cfg["hidden_dims"])
         model_cfg["dtype"] = np.dtype(model_cfg["dtype"])
+        # Before building it: a crafted config must not make us allocate a huge model.
+        claimed = estimate_parameters(model_cfg)
+        stored = sum(v.size for k, v in arrays.items() if k.startswith("param."))
+        if claimed > 2 * stored + 1000:
+            raise ValueError(f"it describes a model of {claimed:,} parameters, but the file holds {stored:,}")
         model = ConditionalVAE(**model_cfg) if "n_classes" in model_cfg else VAE(**model_cfg)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise invalid("model", f"does not describe the saved model: {exc}") from exc
+    try:
         config = TrainConfig(**meta["train"])
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"{ckpt}: checkpoint metadata is incomplete or from another version: {exc}") from exc
-
+    except (TypeError, ValueError) as exc:
+        raise invalid("train", f"is not a valid training configuration: {exc}") from exc
+    bad = [k for k, v in arrays.items() if v.dtype.kind in "fc" and not np.all(np.isfinite(v))]
+    if bad:
+        raise ValueError(f"{ckpt}: array {bad[0]!r} contains NaN or inf")
     params = {k[len("param."):]: v for k, v in arrays.items() if k.startswith("param.")}
     problems = [f"missing parameter {k}" for k in model.params if k not in params]
     problems += [f"unexpected parameter {k}" for k in params if k not in model.params]
@@ -329,18 +707,35 @@ def load_run(path):
                  if k in params and (params[k].shape != v.shape or params[k].dtype != v.dtype)]
     if problems:
         raise ValueError(f"{ckpt}: parameters do not match the recorded architecture:\n  " + "\n  ".join(problems))
-    for k, v in model.params.items():
-        np.copyto(v, params[k])      # in place: the optimiser holds these very arrays
+
+    for field, problem in (("epoch", _check_epoch(meta["epoch"], config)),
+                           ("history", _check_history(meta["history"], meta["epoch"], model.latent_dim)),
+                           ("optimizer", _check_optimizer_scalars(meta["optimizer"], config)),
+                           ("data", _check_data(meta.get("data", {})))):
+        if problem is not None:
+            raise invalid(field, problem)
+    try:
+        rng = rng_from_json(meta["rng"])
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise invalid("rng", f"is not a random-generator state: {exc}") from exc
 
     optimizer = make_optimizer(model, config)
-    optimizer.load_state_dict({"arrays": {k[len("opt."):]: v for k, v in arrays.items() if k.startswith("opt.")},
-                               "scalars": meta["optimizer"]})
+    try:
+        optimizer.load_state_dict({"arrays": {k[len("opt."):]: v for k, v in arrays.items() if k.startswith("opt.")},
+                                   "scalars": meta["optimizer"]})
+    except (TypeError, ValueError) as exc:
+        raise invalid("optimizer", " ".join(str(exc).split())) from exc
     baseline = make_baseline(config.baseline, model.input_dim, seed=config.seed, dtype=model.dtype)
-    if meta.get("baseline") is not None:
-        baseline.load_state({"arrays": {k[len("baseline."):]: v for k, v in arrays.items()
-                                        if k.startswith("baseline.")}, "scalars": meta["baseline"]})
-    return Run(model=model, optimizer=optimizer, rng=rng_from_json(meta["rng"]), config=config,
-               history={k: list(v) for k, v in meta["history"].items()}, epoch=int(meta["epoch"]),
+    if baseline is not None and not isinstance(baseline, str):
+        try:
+            baseline.load_state({"arrays": {k[len("baseline."):]: v for k, v in arrays.items()
+                                            if k.startswith("baseline.")}, "scalars": meta.get("baseline")})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise invalid("baseline", f"is not the state of a {config.baseline!r} baseline: {exc!r}") from exc
+    for k, v in model.params.items():
+        np.copyto(v, params[k])      # in place: the optimiser holds these very arrays
+    return Run(model=model, optimizer=optimizer, rng=rng, config=config,
+               history={k: list(meta["history"][k]) for k in HISTORY_KEYS}, epoch=meta["epoch"],
                data=dict(meta.get("data", {})), baseline=baseline)
 
 

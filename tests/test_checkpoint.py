@@ -4,8 +4,14 @@ survive interruption, and clear errors for every kind of bad file.
 """
 
 import gc
+import io
 import json
 import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
 import warnings
 import zipfile
 
@@ -343,6 +349,343 @@ def test_npz_with_pickled_object_array_is_refused(tmp_path):
     np.savez(path, w=np.array([{"a": 1}], dtype=object), __metadata__=np.array("{}"))
     with pytest.raises(ValueError, match="evil.npz"):
         load_checkpoint(path)
+
+
+# ------------------------------------------------------- crafted files
+#
+# Files no save_checkpoint writes, built byte by byte: each must be refused
+# with a ValueError naming the file, before anything large is allocated.
+
+
+def npy_bytes(header_text, data=b""):
+    """A .npy file (format 1.0) with the given header dict text, padded as
+    NumPy pads it, followed by `data`."""
+    header = header_text.encode("latin-1")
+    header += b" " * (-(10 + len(header) + 1) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + data
+
+
+def npz_blob(members, compression=zipfile.ZIP_STORED):
+    """Zip bytes from [(member name, array or raw bytes)], in order; repeated
+    names are allowed (zipfile only warns)."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Duplicate name"
+        with zipfile.ZipFile(buffer, "w", compression=compression) as zf:
+            for name, content in members:
+                if isinstance(content, np.ndarray):
+                    stream = io.BytesIO()
+                    np.lib.format.write_array(stream, content)
+                    content = stream.getvalue()
+                zf.writestr(name, content)
+    return buffer.getvalue()
+
+
+def metadata_member(text="{}"):
+    return ("__metadata__.npy", np.array(text))
+
+
+def zip_header_offsets(blob):
+    """Offsets of every local file header and every central directory entry."""
+    size_cd, offset_cd = struct.unpack_from("<LL", blob, len(blob) - 22 + 12)
+    local, central = [], []
+    at = offset_cd
+    while at < offset_cd + size_cd:
+        central.append(at)
+        local.append(struct.unpack_from("<L", blob, at + 42)[0])
+        name_len, extra_len, comment_len = struct.unpack_from("<HHH", blob, at + 28)
+        at += 46 + name_len + extra_len + comment_len
+    return local, central
+
+
+def patch_headers(blob, local_field, central_field, value):
+    """Set a 2-byte field (offset within the local header and within the
+    central entry) of every member to `value`."""
+    blob = bytearray(blob)
+    local, central = zip_header_offsets(blob)
+    for at in local:
+        struct.pack_into("<H", blob, at + local_field, value)
+    for at in central:
+        struct.pack_into("<H", blob, at + central_field, value)
+    return bytes(blob)
+
+
+def refused(path, *needles):
+    """Assert load_checkpoint raises ValueError naming `path` and each needle."""
+    with pytest.raises(ValueError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert str(path) in message
+    for needle in needles:
+        assert needle in message, (needle, message)
+    return message
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this platform")
+    fifo = tmp_path / "checkpoint.npz"
+    os.mkfifo(fifo)
+    outcome = {}
+
+    def load():
+        try:
+            load_checkpoint(fifo)
+        except BaseException as e:  # noqa: B902 - recorded and checked below
+            outcome["error"] = e
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    if thread.is_alive():  # stuck in open(): give it a writer so the run can go on
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(timeout=5)
+        pytest.fail("load_checkpoint blocked on a FIFO")
+    assert isinstance(outcome["error"], ValueError), outcome
+    assert "FIFO" in str(outcome["error"]) and str(fifo) in str(outcome["error"])
+
+
+def test_a_device_is_refused():
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero on this platform")
+    with pytest.raises(ValueError, match="/dev/zero.*character device"):
+        load_checkpoint("/dev/zero")
+
+
+def test_encrypted_member_is_refused(tmp_path):
+    path = tmp_path / "encrypted.npz"
+    blob = npz_blob([("w.npy", np.zeros(3)), metadata_member()])
+    path.write_bytes(patch_headers(blob, 6, 8, 0x0001))  # flag bit 0: encrypted
+    refused(path, "encrypted")
+
+
+@pytest.mark.parametrize("method", [1, 12, 14, 99])  # shrunk, bzip2, lzma, AES
+def test_unknown_compression_method_is_refused(tmp_path, method):
+    path = tmp_path / "method.npz"
+    blob = npz_blob([("w.npy", np.zeros(3)), metadata_member()])
+    path.write_bytes(patch_headers(blob, 8, 10, method))
+    refused(path, f"compression method {method}")
+
+
+def test_deflated_members_load(tmp_path):
+    # np.savez_compressed writes deflated members; those are fine.
+    path = tmp_path / "compressed.npz"
+    np.savez_compressed(path, w=np.arange(100.0), __metadata__=np.array('{"a": 1}'))
+    arrays, meta = load_checkpoint(path)
+    np.testing.assert_array_equal(arrays["w"], np.arange(100.0))
+    assert meta == {"a": 1}
+
+
+def test_duplicate_member_is_refused(tmp_path):
+    path = tmp_path / "duplicate.npz"
+    path.write_bytes(npz_blob([
+        ("w.npy", np.zeros(3)), ("w.npy", np.ones(3)), metadata_member(),
+    ]))
+    refused(path, "'w.npy' appears twice")
+
+
+def test_member_that_is_not_npy_is_refused(tmp_path):
+    path = tmp_path / "extra.npz"
+    path.write_bytes(npz_blob([("notes.txt", b"hello"), metadata_member()]))
+    refused(path, "'notes.txt' is not a .npy array")
+
+
+@pytest.mark.parametrize("header, needle", [
+    ("{'descr': '<f8', 'fortran_order': False, 'shape': (1000000000000,), }",
+     "shape (1000000000000,)"),  # 8 TB claimed, 16 bytes present
+    ("{'descr': '<f8', 'fortran_order': False, 'shape': (-2,), }", "negative dimension"),
+    ("{'descr': ('<f8', (2,)), 'fortran_order': False, 'shape': (1,), }", "sub-array dtype"),
+    ("{'descr': '|O', 'fortran_order': False, 'shape': (2,), }", "Python objects"),
+])
+def test_npy_header_that_disagrees_with_the_zip_directory_is_refused(tmp_path, header, needle):
+    path = tmp_path / "header.npz"
+    path.write_bytes(npz_blob([("w.npy", npy_bytes(header, bytes(16))), metadata_member()]))
+    refused(path, needle)
+
+
+def test_npy_header_length_beyond_any_real_header_is_refused(tmp_path):
+    member = bytearray(npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }",
+                                 bytes(16)))
+    member[6:8] = b"\x02\x00"  # version 2.0: a 4-byte header length...
+    member[8:12] = struct.pack("<I", 2**31)  # ...claiming 2 GiB
+    path = tmp_path / "header.npz"
+    path.write_bytes(npz_blob([("w.npy", bytes(member)), metadata_member()]))
+    refused(path, "header claims 2147483648 bytes")
+
+
+def test_npy_format_3_is_refused_and_never_written(tmp_path):
+    dtype = np.dtype([("名", "<f8")])  # a field name Latin-1 cannot encode
+    with pytest.raises(ValueError, match="Latin-1"):
+        save_checkpoint(tmp_path / "c.npz", {"w": np.zeros(2, dtype)}, {})
+    assert files_in(tmp_path) == []
+    path = tmp_path / "v3.npz"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Stored array in format 3.0"
+        path.write_bytes(npz_blob([("w.npy", np.zeros(2, dtype)), metadata_member()]))
+    refused(path, "version (3, 0)")
+    # A Latin-1 field name needs no format 3.0: it round-trips.
+    latin = np.zeros(2, dtype=[("é", "<f8")])
+    save_checkpoint(tmp_path / "ok.npz", {"w": latin}, {})
+    assert load_checkpoint(tmp_path / "ok.npz")[0]["w"].dtype == latin.dtype
+
+
+def test_fortran_order_and_byte_order_round_trip(tmp_path):
+    arrays = {
+        "fortran": np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+        "big_endian": np.arange(5, dtype=">i4"),
+        "structured": np.array([(1, 2.5)], dtype=[("a", "<i2"), ("b", ">f8")]),
+    }
+    save_checkpoint(tmp_path / "c.npz", arrays, {})
+    loaded, _ = load_checkpoint(tmp_path / "c.npz")
+    for name, arr in arrays.items():
+        assert loaded[name].dtype == arr.dtype, name
+        np.testing.assert_array_equal(loaded[name], arr)
+    assert loaded["fortran"].flags.f_contiguous
+
+
+def test_zip64_end_record_is_refused(tmp_path):
+    blob = bytearray(npz_blob([("w.npy", np.zeros(3)), metadata_member()]))
+    end = len(blob) - 22
+    blob[end - 20:end - 16] = b"PK\x06\x07"  # a zip64 locator before the end record
+    path = tmp_path / "crafted.npz"
+    path.write_bytes(bytes(blob))
+    refused(path, "zip64 end record")
+
+
+# ---------------------------------------------------------- metadata JSON
+
+
+def npz_with_metadata(tmp_path, text):
+    path = tmp_path / "meta.npz"
+    path.write_bytes(npz_blob([("w.npy", np.zeros(2)), metadata_member(text)]))
+    return path
+
+
+@pytest.mark.parametrize("depth", [64, 65, 100_000])
+def test_metadata_nesting_depth_is_bounded(tmp_path, depth):
+    text = '{"a": ' + "[" * (depth - 1) + "]" * (depth - 1) + "}"
+    path = npz_with_metadata(tmp_path, text)
+    if depth <= checkpoint.MAX_JSON_DEPTH:
+        assert load_checkpoint(path)[1] == json.loads(text)
+    else:
+        refused(path, f"nested {depth} deep")
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting(tmp_path):
+    text = json.dumps({"a": "[{" * 1000, "b": ['"]', "\\\"[["]})
+    assert load_checkpoint(npz_with_metadata(tmp_path, text))[1] == json.loads(text)
+
+
+def test_save_refuses_metadata_nested_too_deep(tmp_path):
+    def nested(depth):  # a dict holding lists, `depth` levels of [ and { in all
+        inner = []
+        for _ in range(depth - 2):
+            inner = [inner]
+        return {"deep": inner}
+
+    limit = checkpoint.MAX_JSON_DEPTH
+    save_checkpoint(tmp_path / "ok.npz", {}, nested(limit))
+    assert load_checkpoint(tmp_path / "ok.npz")[1] == nested(limit)
+    (tmp_path / "ok.npz").unlink()
+    with pytest.raises(ValueError, match="nested more than"):
+        save_checkpoint(tmp_path / "c.npz", {}, nested(limit + 1))
+    loop = {}
+    loop["self"] = loop
+    with pytest.raises(ValueError, match="contains itself"):
+        save_checkpoint(tmp_path / "c.npz", {}, loop)
+    assert files_in(tmp_path) == []
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('{"loss": NaN}', "NaN"),
+    ('{"loss": Infinity}', "Infinity"),
+    ('{"loss": [-Infinity]}', "-Infinity"),
+    ('{"loss": 1e999}', "overflows"),
+    ('{"epoch": 1, "epoch": 2}', "duplicate key 'epoch'"),
+])
+def test_metadata_must_be_standard_finite_json(tmp_path, text, needle):
+    refused(npz_with_metadata(tmp_path, text), "not valid JSON", needle)
+
+
+@pytest.mark.parametrize("code_unit", [b"\xff\xff\xff\xff", b"\x00\xd8\x00\x00"])
+def test_metadata_with_invalid_code_points_is_refused(tmp_path, code_unit):
+    path = tmp_path / "meta.npz"
+    text = np.frombuffer(code_unit, dtype="<U1").reshape(())
+    path.write_bytes(npz_blob([("w.npy", np.zeros(2)), ("__metadata__.npy", text)]))
+    refused(path, "invalid Unicode")
+
+
+# ------------------------------------------------------------------ limits
+
+
+def test_file_above_the_size_limit_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "big.npz"
+    save_checkpoint(path, {"w": np.zeros(1000)}, {})
+    monkeypatch.setattr(checkpoint, "MAX_CHECKPOINT_BYTES", 4000)
+    refused(path, "MAX_CHECKPOINT_BYTES=4000")
+
+
+def test_zip_directory_above_its_limit_is_refused_before_zipfile_reads_it(tmp_path, monkeypatch):
+    path = tmp_path / "many.npz"
+    save_checkpoint(path, {f"a{i}": np.zeros(1) for i in range(20)}, {})
+    monkeypatch.setattr(checkpoint, "MAX_ZIP_DIRECTORY_BYTES", 500)
+
+    def no_zipfile(*args, **kwargs):
+        raise AssertionError("zipfile.ZipFile must not parse an oversized directory")
+
+    monkeypatch.setattr(checkpoint.zipfile, "ZipFile", no_zipfile)
+    refused(path, "MAX_ZIP_DIRECTORY_BYTES=500")
+
+
+@pytest.mark.parametrize("limit, value, arrays, metadata", [
+    ("MAX_CHECKPOINT_BYTES", 4000, {"w": np.zeros(1000)}, {}),
+    ("MAX_ZIP_DIRECTORY_BYTES", 500, {f"a{i}": np.zeros(1) for i in range(20)}, {}),
+    ("MAX_METADATA_CHARS", 100, {}, {"history": list(range(100))}),
+])
+def test_save_refuses_what_load_would_refuse(tmp_path, monkeypatch, limit, value, arrays, metadata):
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, {"old": np.zeros(1)}, {})
+    old = path.read_bytes()
+    monkeypatch.setattr(checkpoint, limit, value)
+    with pytest.raises(ValueError, match=limit):
+        save_checkpoint(path, arrays, metadata)
+    assert path.read_bytes() == old and files_in(tmp_path) == ["c.npz"]
+
+
+# ---------------------------------------------- temporaries of killed saves
+
+
+def test_remove_stale_temporaries_after_kill_9(tmp_path):
+    if not hasattr(signal, "SIGKILL"):
+        pytest.skip("no kill -9 on this platform")
+    path = tmp_path / "checkpoint.npz"
+    save_checkpoint(path, {"w": np.zeros(3)}, {"step": 1})
+    # A real kill -9 between writing the temporary file and renaming it.
+    code = (
+        "import os, signal, sys\n"
+        "import numpy as np\n"
+        "from numpyvae import checkpoint\n"
+        "checkpoint.os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "checkpoint.save_checkpoint(sys.argv[1], {'w': np.ones(3)}, {'step': 2})\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(path)], timeout=120)
+    assert result.returncode == -signal.SIGKILL
+    stale = [name for name in files_in(tmp_path) if name.endswith(".tmp")]
+    assert len(stale) == 1 and stale[0].startswith(".checkpoint.npz.")
+    assert load_checkpoint(path)[1] == {"step": 1}  # the old checkpoint survived
+
+    # Look-alikes that are not temporaries of checkpoint.npz must stay.
+    decoys = [".checkpoint.npz.bak.abcd1234.tmp",  # a temporary of checkpoint.npz.bak
+              ".other.npz.abcd1234.tmp", "checkpoint.npz.tmp", ".checkpoint.npz.tmp"]
+    for name in decoys:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / ".checkpoint.npz.adir1234.tmp").mkdir()
+
+    removed = checkpoint.remove_stale_temporaries(path)
+    assert removed == [str(tmp_path / stale[0])]
+    assert files_in(tmp_path) == sorted(["checkpoint.npz", ".checkpoint.npz.adir1234.tmp", *decoys])
+    assert checkpoint.remove_stale_temporaries(path) == []
+    assert checkpoint.remove_stale_temporaries(tmp_path / "missing-dir" / "c.npz") == []
 
 
 # -------------------------------------------------------------- expected

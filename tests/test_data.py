@@ -3,8 +3,10 @@ file:// URLs into a temporary folder)."""
 
 import gzip
 import hashlib
+import os
 import shutil
 import struct
+import threading
 import urllib.request
 
 import numpy as np
@@ -218,6 +220,58 @@ def test_load_idx_pair_count_mismatch(tmp_path):
         data.load_idx_pair(labels, labels)  # a 1-D file where 3-D images belong
 
 
+def test_gzip_with_extra_trailing_data(tmp_path, labels_raw):
+    path = tmp_path / "long.gz"
+    path.write_bytes(gzip.compress(labels_raw + b"\x00\x00"))
+    with pytest.raises(ValueError, match="extra trailing bytes.*10000 data bytes") as err:
+        data.read_idx(path)
+    assert str(path) in str(err.value)
+
+
+def test_header_declaring_more_than_the_limit_is_refused_before_reading(tmp_path):
+    # Full MNIST's largest file (60000 x 28 x 28) is well inside the limit: a cut-off
+    # copy of its header is "truncated", not "over the limit"...
+    path = tmp_path / "header-only"
+    path.write_bytes(bytes([0, 0, 8, 3]) + struct.pack(">3i", 60000, 28, 28))
+    with pytest.raises(ValueError, match="truncated IDX file"):
+        data.read_idx(path)
+    # ...while a header declaring one byte more than MAX_IDX_BYTES is refused as such.
+    rows = data.MAX_IDX_BYTES + 1
+    path.write_bytes(bytes([0, 0, 8, 3]) + struct.pack(">3i", 1, rows, 1))
+    with pytest.raises(ValueError, match=f"{rows} bytes of data, more than the") as err:
+        data.read_idx(path)
+    assert str(path) in str(err.value)
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this platform")
+    fifo = tmp_path / "t10k-labels-idx1-ubyte"
+    os.mkfifo(fifo)
+    outcome = {}
+
+    def read():
+        try:
+            data.read_idx(fifo)
+        except BaseException as e:  # noqa: B902 - recorded and checked below
+            outcome["error"] = e
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    if thread.is_alive():  # stuck in open(): give it a writer so the run can go on
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(timeout=5)
+        pytest.fail("read_idx blocked on a FIFO")
+    assert isinstance(outcome["error"], ValueError), outcome
+    assert "FIFO" in str(outcome["error"]) and str(fifo) in str(outcome["error"])
+
+
+def test_missing_file_raises_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope-idx"):
+        data.read_idx(tmp_path / "nope-idx")
+
+
 # ---------------------------------------------------------------------------
 # data_dir and full-MNIST loading
 # ---------------------------------------------------------------------------
@@ -246,6 +300,28 @@ def test_load_from_data_dir(tmp_path, compress):
     np.testing.assert_array_equal(
         ds.x_train, arrays["train-images-idx3-ubyte"].reshape(5, 12).astype(np.float32) / np.float32(255))
     np.testing.assert_array_equal(ds.y_test, arrays["t10k-labels-idx1-ubyte"])
+
+
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize("which", ["train", "t10k"])
+def test_data_dir_with_zero_images_names_the_file(tmp_path, compress, which):
+    sizes = {"n_train": 0} if which == "train" else {"n_test": 0}
+    write_mnist_layout(tmp_path, compress=compress, **sizes)
+    name = f"{which}-images-idx3-ubyte" + (".gz" if compress else "")
+    with pytest.raises(ValueError, match=f"{name} holds 0 images"):
+        data.load_dataset(data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (4, 0)])
+def test_data_dir_with_empty_images_names_the_file(tmp_path, shape):
+    write_mnist_layout(tmp_path, shape=shape)
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte: its images are \d+x\d+ pixels"):
+        data.load_dataset(data_dir=tmp_path)
+
+
+def test_to_unit_float_handles_an_empty_batch():
+    out = data._to_unit_float(np.zeros((0, 2, 3), np.uint8))
+    assert out.shape == (0, 6) and out.dtype == np.float32
 
 
 def test_data_dir_missing_files_are_listed(tmp_path):

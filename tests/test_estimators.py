@@ -204,6 +204,8 @@ def test_reparam_has_lower_variance_than_score():
 def test_blocked_sends_only_the_kl_to_the_encoder(grad_report):
     rng = np.random.default_rng(5)
     m = nv.VAE(6, (5,), 3, seed=1, dtype=np.float64)
+    # Off the initial log-variance 0, where the KL's gradient in the logvar head is exactly 0.
+    m.params["enc.logvar.W"][...] = 0.3 * rng.standard_normal(m.params["enc.logvar.W"].shape)
     x, eps = rng.random((4, 6)), rng.standard_normal((2, 4, 3))
     beta = 0.6
     _, g_blocked = m.loss_and_grads(x, eps=eps, n_samples=2, estimator="blocked", beta=beta)

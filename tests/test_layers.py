@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from numpyvae.gradcheck import check_layer_backward
-from numpyvae.layers import (ACTIVATIONS, MLP, Identity, Linear, ReLU, Sigmoid, Softplus, Tanh,
-                             glorot_uniform, he_normal, make_activation, sigmoid, softplus,
+from numpyvae.layers import (ACTIVATIONS, MLP, Head, Identity, Linear, ReLU, Sigmoid, SoftClip, Softplus,
+                             Tanh, glorot_uniform, he_normal, make_activation, sigmoid, softplus,
                              softplus_and_sigmoid)
 
 ACTS = ["tanh", "relu", "sigmoid", "softplus", "identity"]
@@ -168,3 +168,78 @@ def test_backward_returns_fresh_gradients():
 def test_layer_classes_exported():
     for cls in (Tanh, ReLU, Sigmoid, Softplus, Identity):
         assert cls().forward(np.zeros((1, 1))).shape == (1, 1)
+
+
+# ----------------------------------------------------------------- SoftClip, Eq. (B8), docs/backprop.md
+
+def test_soft_clip_matches_its_definition():
+    # The textbook form low + softplus(x - low) - softplus(x - high), with np.logaddexp for softplus,
+    # is accurate in float64 for these moderate x (its rounding is about |low| * 1e-16).
+    low, high = -3.0, 4.0
+    x = np.linspace(-40, 40, 801)
+    want = low + np.logaddexp(0, x - low) - np.logaddexp(0, x - high)
+    np.testing.assert_allclose(SoftClip(low, high).forward(x), want, rtol=0, atol=1e-13)
+
+
+def test_soft_clip_backward(grad_report):
+    # Inputs below, inside and above (-2, 3), where the derivative ranges from ~0 to ~1.
+    rng = np.random.default_rng(4)
+    x = rng.uniform(-8, 9, size=(7, 6))
+    grad_report("layers.SoftClip", check_layer_backward(SoftClip(-2.0, 3.0), x, rng=rng))
+
+
+def test_bounded_head_backward(grad_report):
+    """Head = Linear then SoftClip: its W, b and input gradients, with pre-activations on both
+    sides of the bounds (the chain rule through (B8) and (B2))."""
+    rng = np.random.default_rng(5)
+    head = Head(Linear(5, 4, rng, dtype=np.float64), SoftClip(-1.0, 1.5))
+    head.params["W"][:] = 2.0 * rng.standard_normal((5, 4))
+    head.params["b"][:] = rng.standard_normal(4)
+    x = rng.standard_normal((8, 5))
+    pre = x @ head.params["W"] + head.params["b"]
+    assert pre.min() < -1.0 and pre.max() > 1.5          # both tails are exercised
+    assert head.params is head.linear.params             # the Linear's live arrays, keys "W" and "b"
+    grad_report("layers.Head(SoftClip)", check_layer_backward(head, x, rng=rng))
+
+
+@given(x=st.lists(st.floats(allow_nan=False, width=32), min_size=1, max_size=20),
+       low=st.floats(-50, 10), width=st.floats(0.5, 60), dtype=st.sampled_from([np.float32, np.float64]))
+def test_soft_clip_is_a_smooth_bound(x, low, width, dtype):
+    """For any finite or infinite input: the output lies in [low, high], is finite, is
+    non-decreasing in x, stays within e^-(x-low) + e^-(high-x) of x (plus rounding), and its
+    derivative lies in [0, 1]; the dtype is kept."""
+    high = low + width
+    clip = SoftClip(low, high)
+    x = np.sort(np.array(x, dtype=dtype))
+    y = clip.forward(x)
+    assert y.dtype == dtype and np.all(np.isfinite(y))
+    ulp = np.finfo(dtype).eps * max(abs(low), abs(high))
+    assert np.all(y >= low - ulp) and np.all(y <= high + ulp)
+    assert np.all(np.diff(y) >= -ulp)
+    mid = (x > low) & (x < high)
+    xm = x[mid].astype(np.float64)
+    bound = np.exp(-(xm - low)) + np.exp(-(high - xm)) + 4 * np.finfo(dtype).eps * np.maximum(np.abs(xm), 1)
+    assert np.all(np.abs(y[mid] - xm) <= bound)
+    dx = clip.backward(np.ones_like(x))
+    assert dx.dtype == dtype and np.all((dx >= 0) & (dx <= 1))
+
+
+def test_soft_clip_at_the_ends():
+    clip = SoftClip(-30.0, 30.0)
+    for dtype in (np.float32, np.float64):
+        big = np.finfo(dtype).max
+        x = np.array([-np.inf, -big, -1e4, 0.0, 1e4, big, np.inf, np.nan], dtype=dtype)
+        y = clip.forward(x)
+        np.testing.assert_array_equal(y[:7], np.array([-30, -30, -30, 0, 30, 30, 30], dtype=dtype))
+        assert np.isnan(y[7])                       # a NaN stays visible
+    # The textbook form gets the far end wrong: x + 30 and x - 30 round to the same float32 number,
+    # and so does -30 + softplus(x + 30), so it returns 0 instead of high = +30.
+    x = np.array([1e9], dtype=np.float32)
+    assert (np.float32(-30) + softplus(x + np.float32(30)) - softplus(x - np.float32(30)))[0] == 0
+    assert clip.forward(x)[0] == 30
+
+
+def test_soft_clip_needs_ordered_finite_bounds():
+    for low, high in [(1.0, 1.0), (2.0, 1.0), (float("nan"), 1.0), (0.0, float("inf"))]:
+        with pytest.raises(ValueError, match="SoftClip needs finite bounds low < high"):
+            SoftClip(low, high)

@@ -1,6 +1,9 @@
 """Training: schedules, minibatches, that training improves the ELBO, bit-for-bit resume,
-and safe checkpoint loading."""
+divergence caught at the step it happens, run directories and their lock, and safe
+checkpoint loading (every field load_run reads is checked)."""
 
+import copy
+import math
 import os
 
 import numpy as np
@@ -8,8 +11,8 @@ import pytest
 
 import numpyvae as nv
 from numpyvae.checkpoint import load_checkpoint, save_checkpoint
-from numpyvae.training import (TrainConfig, kl_warmup_beta, load_run, minibatches, new_run, prepare_pixels,
-                               train)
+from numpyvae.training import (TrainConfig, TrainingDiverged, create_run_dir, estimate_parameters, kl_warmup_beta,
+                               load_run, minibatches, new_run, prepare_pixels, run_lock, train)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +115,7 @@ def test_checkpoint_holds_everything(small_data, tmp_path):
     assert meta["epoch"] == 1 and meta["model"]["latent_dim"] == 4 and meta["version"] == nv.__version__
     assert {f"param.{k}" for k in run.model.params} <= set(arrays)
     assert any(k.startswith("opt.m.") for k in arrays) and meta["optimizer"]["t"] == 10
-    assert set(os.listdir(tmp_path)) == {"checkpoint.npz", "history.json", "config.json"}
+    assert set(os.listdir(tmp_path)) == {"checkpoint.npz", "history.json", "config.json", "run.lock"}
     loaded = load_run(tmp_path)
     assert all(np.array_equal(loaded.model.params[k], v) for k, v in run.model.params.items())
 
@@ -143,3 +146,152 @@ def test_load_run_rejects_bad_checkpoints(small_data, tmp_path):
     with pytest.raises(FileNotFoundError):
         load_run(tmp_path / "nope.npz")
     assert run.epoch == 1
+
+
+# ---------------------------------------------------------------------------- divergence
+
+def test_divergence_is_caught_at_its_step_before_it_touches_the_model(small_data, tmp_path):
+    x_train, x_test = small_data
+    run = train(small_run(1), x_train, x_test, out_dir=tmp_path, log=None, progress=False)
+    before = (tmp_path / "checkpoint.npz").read_bytes()
+    run.config.epochs, run.config.lr = 3, 1e10
+    run.optimizer.lr = run.config.lr
+    with pytest.raises(TrainingDiverged) as info:
+        train(run, x_train, x_test, out_dir=tmp_path, log=None, progress=False)
+    exc = info.value
+    assert (exc.epoch, exc.saved_epoch, exc.steps) == (2, 1, 10) and 1 <= exc.step <= 10
+    assert str(exc).startswith(f"training diverged at epoch 2, step {exc.step} of 10: ")
+    assert str(exc).endswith(f"{tmp_path} keeps the checkpoint of epoch 1; try a smaller --lr (now 1e+10) "
+                             "or --clip-norm")
+    assert run.epoch == 1 and run.history["epoch"] == [1], "the diverged epoch is not in the history"
+    assert all(np.all(np.isfinite(v)) for v in run.model.params.values()), "no NaN was written into the model"
+    assert (tmp_path / "checkpoint.npz").read_bytes() == before
+
+
+def test_a_non_finite_minibatch_elbo_stops_training_at_that_step(small_data, monkeypatch):
+    """Not at the end of the epoch: the step whose ELBO is NaN is not taken."""
+    run = small_run(1)
+    loss_and_grads, calls = run.model.loss_and_grads, []
+
+    def third_is_nan(*args, **kwargs):
+        loss, grads, terms = loss_and_grads(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:
+            terms = {**terms, "elbo": np.full_like(terms["elbo"], np.nan)}
+        return loss, grads, terms
+    monkeypatch.setattr(run.model, "loss_and_grads", third_is_nan)
+    with pytest.raises(TrainingDiverged, match=r"^training diverged at epoch 1, step 3 of 10: the minibatch "
+                                               r"ELBO is nan; nothing is saved \(no out_dir\)") as info:
+        train(run, *small_data, log=None, progress=False)
+    assert info.value.step == 3 and run.optimizer.t == 2 and len(calls) == 3
+
+
+def test_a_non_finite_test_elbo_is_not_saved(small_data, tmp_path, monkeypatch):
+    monkeypatch.setattr("numpyvae.training.evaluate_elbo",
+                        lambda *a, **k: {"elbo": math.nan, "rec": math.nan, "kl": 1.0, "kl_per_dim": [1.0] * 4})
+    run = small_run(1)
+    with pytest.raises(TrainingDiverged, match="epoch 1 \\(at the evaluation after its last step\\): the test "
+                                               "elbo is not finite; nothing was saved"):
+        train(run, *small_data, out_dir=tmp_path, log=None, progress=False)
+    assert run.epoch == 0 and run.history["epoch"] == [] and not (tmp_path / "checkpoint.npz").exists()
+
+
+# ---------------------------------------------------------------------------- run directories
+
+def test_create_run_dir_never_reuses_a_name(tmp_path):
+    base = str(tmp_path / "runs" / "mnist-mini-20240101-000000")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "mnist-mini-20240101-000000-2").write_text("a file takes the name too")
+    made = [create_run_dir(base) for _ in range(3)]
+    assert made == [base, base + "-3", base + "-4"]
+    assert all(os.listdir(d) == [] for d in made)
+
+
+def test_run_lock_is_reentrant_and_cleans_stale_temporaries(tmp_path):
+    stale = [".checkpoint.npz.abcd1234.tmp", ".history.json.x_y2z9ab.tmp", ".config.json.00000000.tmp"]
+    kept = [".samples.png.abcd1234.tmp", "notes.tmp", "checkpoint.npz"]
+    for name in stale + kept:
+        (tmp_path / name).write_bytes(b"x")
+    with run_lock(tmp_path):
+        assert sorted(os.listdir(tmp_path)) == sorted(kept + ["run.lock"])
+        with run_lock(tmp_path):       # the same process may take it again (the CLI around train())
+            pass
+        text = (tmp_path / "run.lock").read_text()
+        assert text.startswith(f"pid {os.getpid()}\n") and "started " in text
+
+
+def test_a_symlinked_lock_file_is_refused(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    os.symlink(victim, run_dir / "run.lock")
+    with pytest.raises(OSError):
+        with run_lock(run_dir):
+            pass
+    assert victim.read_text() == "keep me"
+
+
+def test_estimate_parameters_counts_what_the_model_builds():
+    models = [nv.VAE(784, (400,), 20), nv.VAE(6, (), 3), nv.VAE(10, (7, 5), 4, posterior="full"),
+              nv.VAE(10, (8,), 2, likelihood="gaussian-learned"), nv.ConditionalVAE(784, 10, (16,), 3)]
+    for model in models:
+        assert estimate_parameters(model.config) == model.num_params(), model
+
+
+# ---------------------------------------------------------------------------- load_run checks every field
+
+@pytest.fixture(scope="module")
+def saved(small_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("saved")
+    train(small_run(1), *small_data, out_dir=out, log=None, progress=False)
+    return load_checkpoint(out / "checkpoint.npz")
+
+
+def with_nan(array):
+    array = array.copy()
+    array.flat[0] = np.nan
+    return array
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a, m: a.update({"param.enc.h0.W": with_nan(a["param.enc.h0.W"])}),
+     "array 'param.enc.h0.W' contains NaN or inf"),
+    (lambda a, m: a.update({"opt.v.dec.out.b": with_nan(a["opt.v.dec.out.b"])}),
+     "array 'opt.v.dec.out.b' contains NaN or inf"),
+    (lambda a, m: m.update(epoch=-5), "field 'epoch' must be an integer from 0 to 1 (the configured epochs); "
+                                      "got -5"),
+    (lambda a, m: m.update(epoch=1.5), "field 'epoch' must be an integer from 0 to 1 (the configured epochs); "
+                                       "got 1.5"),
+    (lambda a, m: m.update(epoch=True), "field 'epoch' must be an integer"),
+    (lambda a, m: m.pop("rng"), "field 'rng' is missing"),
+    (lambda a, m: m.pop("optimizer"), "field 'optimizer' is missing"),
+    (lambda a, m: m.pop("history"), "field 'history' is missing"),
+    (lambda a, m: m.pop("model"), "field 'model' is missing"),
+    (lambda a, m: m.update(rng={"bit_generator": "os.system"}), "field 'rng' is not a random-generator state"),
+    (lambda a, m: m.update(rng={"bit_generator": "PCG64", "state": "x"}), "field 'rng' is not a random-generator"),
+    (lambda a, m: m.update(history=[]), "field 'history' must be a dict of per-epoch lists; got list"),
+    (lambda a, m: m["history"].update(test_elbo=[]), "field 'history' ['test_elbo'] must be a list of 1 entries"),
+    (lambda a, m: m["history"].update(test_elbo=["-90"]), "field 'history' ['test_elbo'][0] is not a finite"),
+    (lambda a, m: m["history"].update(epoch=[7]), "field 'history' ['epoch'] must be 1, 2, ..., 1; got [7]"),
+    (lambda a, m: m["optimizer"].update(t=-1), "field 'optimizer' ['t'] must be an integer >= 0; got -1"),
+    (lambda a, m: m["optimizer"].update(t="x"), "field 'optimizer' ['t'] must be an integer >= 0; got 'x'"),
+    (lambda a, m: m["optimizer"].update(beta1=5), "field 'optimizer' ['beta1'] must be a number in [0, 1); got 5"),
+    (lambda a, m: m["optimizer"].update(eps=-1), "field 'optimizer' ['eps'] must be a positive number; got -1"),
+    (lambda a, m: m["optimizer"].update(lr=0.0), "field 'optimizer' ['lr'] must be a positive number; got 0.0"),
+    (lambda a, m: m["optimizer"].update(type="SGD"), "field 'optimizer' ['type'] must be 'Adam'"),
+    (lambda a, m: m.update(data=5), "field 'data' must be a dict"),
+    (lambda a, m: m["train"].update(lr=-1), "field 'train' is not a valid training configuration: lr must be"),
+    # refused before the model is built (it would take terabytes): (785 + 5) 1e9 + (1e9 + 1)(8 + 784) parameters
+    (lambda a, m: m["model"].update(hidden_dims=[10 ** 9]), "field 'model' does not describe the saved model: it "
+                                                             "describes a model of 1,582,000,000,792 parameters"),
+], ids=lambda v: "" if callable(v) else v[:40])
+def test_load_run_checks_every_field(saved, tmp_path, change, message):
+    arrays, meta = dict(saved[0]), copy.deepcopy(saved[1])
+    change(arrays, meta)
+    save_checkpoint(tmp_path / "crafted.npz", arrays, meta)
+    with pytest.raises(ValueError) as info:
+        load_run(tmp_path / "crafted.npz")
+    assert str(info.value).startswith(f"{tmp_path / 'crafted.npz'}: "), info.value
+    assert message in str(info.value), info.value
+
