@@ -29,7 +29,7 @@ import numpy as np
 from . import __version__
 from .checkpoint import atomic_write_json
 from .data import DATASET_NAMES, load_dataset
-from .distributions import LIKELIHOODS
+from .distributions import DECODER_MEANS, LIKELIHOODS
 from .estimators import BASELINES
 from .layers import ACTIVATIONS
 from .conditional import ConditionalVAE
@@ -42,9 +42,12 @@ RUNS_DIR = "runs"
 
 # Defaults of `numpyvae train`: chosen so that a bare `numpyvae train` finishes well within three
 # minutes on a 2-core laptop (19 s measured on an idle one) and its prior samples are recognisable digits.
+# The Gaussian likelihoods' defaults suit the pixels every run trains on, grey values in [0, 1]: a
+# sigmoid mean and a floor of 0.05 on a learned standard deviation (the measurements behind them:
+# docs/distributions.md, section 4).
 DEFAULTS = dict(dataset="mnist-mini", epochs=20, latent_dim=20, hidden=[400], activation="relu",
-                likelihood="bernoulli", batch_size=128, lr=1e-3, samples=1, binarize="none",
-                seed=0, dtype="float32", optimizer="adam", beta=1.0, warmup=0.0)
+                likelihood="bernoulli", decoder_mean="sigmoid", obs_std_min=0.05, batch_size=128, lr=1e-3,
+                samples=1, binarize="none", seed=0, dtype="float32", optimizer="adam", beta=1.0, warmup=0.0)
 
 # At most this many images in one figure of `sample` / `reconstruct`: 1024 prior samples make a
 # 32 x 32 grid of 28-pixel digits that can still be read; beyond, a grid turns into moire.
@@ -54,8 +57,9 @@ MAX_FIGURE_IMAGES = 1024
 # because the saved model, its optimiser state or its data were built from it. Every option of
 # `train` is in exactly one of the two (tests/test_cli.py checks), besides --out and --resume.
 RESUME_MAY_CHANGE = ("epochs", "lr", "clip_norm", "importance", "no_figures", "download")
-RESUME_KEEPS = ("hidden", "latent_dim", "activation", "likelihood", "obs_var", "posterior", "conditional",
-                "dtype", "objective", "k", "estimator", "baseline", "samples", "beta", "warmup", "binarize",
+RESUME_KEEPS = ("hidden", "latent_dim", "activation", "likelihood", "obs_var", "decoder_mean", "obs_std_min",
+                "posterior", "conditional", "dtype", "objective", "k", "estimator", "baseline", "samples", "beta",
+                "warmup", "binarize",
                 "batch_size", "optimizer", "seed", "dataset", "data_dir")
 
 
@@ -146,6 +150,12 @@ def build_parser():
     t.add_argument("--likelihood", default=d["likelihood"], choices=LIKELIHOODS,
                    help="p(x|z): Bernoulli, Gaussian with fixed --obs-var, or Gaussian with a learned variance")
     t.add_argument("--obs-var", type=_positive_float, default=1.0, help="lambda for --likelihood gaussian")
+    t.add_argument("--decoder-mean", default=d["decoder_mean"], choices=DECODER_MEANS,
+                   help="the mean of --likelihood gaussian and gaussian-learned: sigmoid keeps it in [0, 1], "
+                        "the range of the pixels; identity leaves the decoder's output as it is")
+    t.add_argument("--obs-std-min", type=_positive_float, default=d["obs_std_min"],
+                   help="for --likelihood gaussian-learned: the floor of every pixel's learned standard "
+                        "deviation, in grey levels (pixels lie in [0, 1])")
     t.add_argument("--batch-size", type=_positive_int, default=d["batch_size"], help="datapoints per minibatch")
     t.add_argument("--lr", type=_positive_float, default=d["lr"],
                    help="learning rate (a smaller one is the first thing to try when training diverges)")
@@ -484,7 +494,7 @@ def _train_new(args):
                          seed=args.seed)
     arch = dict(hidden_dims=tuple(args.hidden), latent_dim=args.latent_dim, likelihood=args.likelihood,
                 obs_var=args.obs_var, activation=args.activation, seed=args.seed, dtype=np.dtype(args.dtype),
-                posterior=args.posterior)
+                posterior=args.posterior, **_likelihood_options(args.likelihood, vars(args)))
     if args.conditional and dataset.y_train is None:
         raise ValueError(f"--conditional needs labels, and {dataset.name} has none")
     n_classes = int(dataset.y_train.max()) + 1 if args.conditional else None
@@ -513,8 +523,17 @@ def _train_new(args):
             raise
 
 
+def _likelihood_options(likelihood, options):
+    """The options a likelihood uses, out of ``options`` (a dict with decoder_mean and obs_std_min):
+    decoder_mean for the two Gaussians, obs_std_min for gaussian-learned. The others are not given
+    to the model (VAE refuses them), nor compared on --resume: for that likelihood they mean nothing."""
+    used = {"gaussian": ("decoder_mean",), "gaussian-learned": ("decoder_mean", "obs_std_min")}
+    return {k: options[k] for k in used.get(likelihood, ())}
+
+
 def _saved_options(run):
-    """The value each option of RESUME_KEEPS had when the run was created, as argparse gives it."""
+    """The value each option of RESUME_KEEPS had when the run was created, as argparse gives it
+    (the options its likelihood does not use are left out)."""
     m, c, d = run.model.config, run.config, run.data
     return {"hidden": list(m["hidden_dims"]), "latent_dim": m["latent_dim"], "activation": m["activation"],
             "likelihood": m["likelihood"], "obs_var": m["obs_var"], "posterior": m["posterior"],
@@ -522,7 +541,7 @@ def _saved_options(run):
             "estimator": c.estimator, "baseline": c.baseline, "samples": c.n_samples, "beta": c.beta,
             "warmup": c.warmup_epochs, "binarize": c.binarize, "batch_size": c.batch_size,
             "optimizer": c.optimizer, "seed": c.seed, "dataset": d.get("dataset", "mnist-mini"),
-            "data_dir": d.get("data_dir")}
+            "data_dir": d.get("data_dir"), **_likelihood_options(m["likelihood"], m)}
 
 
 def _show(value):
@@ -544,7 +563,7 @@ def _apply_resume_options(run, args, out):
     if "data_dir" in given:
         given["data_dir"] = os.path.abspath(given["data_dir"])
     refused = [f"--{dest.replace('_', '-')} (saved {_show(saved[dest])}, given {_show(given[dest])})"
-               for dest in RESUME_KEEPS if dest in given and given[dest] != saved[dest]]
+               for dest in RESUME_KEEPS if dest in given and dest in saved and given[dest] != saved[dest]]
     if refused:
         raise ValueError(f"--resume cannot change: {', '.join(refused)}; start a new run (another --out) "
                          "to train with different settings")

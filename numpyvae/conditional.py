@@ -44,11 +44,12 @@ class ConditionalVAE(VAE):
     """
 
     def __init__(self, input_dim, n_classes=10, hidden_dims=(400,), latent_dim=20, likelihood="bernoulli",
-                 obs_var=1.0, activation="tanh", seed=0, dtype=np.float32, posterior="diag"):
+                 obs_var=1.0, activation="tanh", seed=0, dtype=np.float32, posterior="diag",
+                 decoder_mean="identity", obs_std_min=None):
         self.n_classes = check.check_positive_int(n_classes, "n_classes")
         self.cond_dim = self.n_classes     # read by VAE.__init__ to widen the first layers
         super().__init__(input_dim, hidden_dims, latent_dim, likelihood, obs_var, activation, seed, dtype,
-                         posterior)
+                         posterior, decoder_mean, obs_std_min)
 
     @property
     def config(self):

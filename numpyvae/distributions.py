@@ -29,11 +29,27 @@ __all__ = [
     "gaussian_log_likelihood", "gaussian_log_likelihood_grad",
     "log_mean_exp", "log_q_from_eps", "normalized_importance_weights",
     "tril_to_matrix", "reparameterize_full", "reparameterize_full_backward", "kl_full_gaussian_standard",
+    "sigmoid_mean_grad",
     "BernoulliLikelihood", "GaussianLikelihood", "GaussianLearnedLikelihood",
-    "make_likelihood", "LIKELIHOODS",
+    "make_likelihood", "LIKELIHOODS", "DECODER_MEANS", "LOGVAR_RANGE",
 ]
 
 LOG_2PI = math.log(2.0 * math.pi)
+
+# The range (low, high) of every log-variance the model outputs, kept by a smooth bound on its
+# head (SoftClip, Eq. (B8), docs/backprop.md): the posterior's (model.POSTERIOR_LOGVAR_RANGE) and,
+# unless it is given a floor obs_std_min, the learned-variance decoder's. The reasons for the
+# numbers: docs/elbo.md, section 4. 40 nats either side of the prior's log-variance 0. In [-5, 5]
+# the bound moves a value by at most one float64 rounding unit, in [-10, 10] by 1e-13 and not at
+# all in float32: trained values are not bent, and a log-variance set by hand through the head's
+# bias (numpyvae.ppca.linear_vae_from_ppca) is exact. At the ceiling every float32 quantity stays
+# finite (e^40 = 2.4e17; z's standard deviation is e^20 = 4.9e8).
+LOGVAR_RANGE = (-40.0, 40.0)
+
+# How a Gaussian likelihood's head "out" = a gives the mean m (docs/distributions.md, section 6):
+#   identity  m = a            any real data (pPCA, the linear VAE, tutorial 10's surface)
+#   sigmoid   m = sigmoid(a)   data in [0, 1] such as pixels: the mean cannot leave that range
+DECODER_MEANS = ("identity", "sigmoid")
 
 
 def _sum_to_shape(a, shape):
@@ -221,6 +237,18 @@ def gaussian_log_likelihood_grad(x, mean, var):
     return (x - mean) / var
 
 
+def sigmoid_mean_grad(d_mean, a):
+    """The chain rule through a Gaussian mean m = sigmoid(a).   Eq. (G6), docs/distributions.md
+
+        d log p / d a = d log p / d m * m (1 - m),   computed as  m (1 - m) = sigmoid(a) * sigmoid(-a)
+
+    ``d_mean`` = d log p / d m (Eq. (G5) or the mean half of Eq. (G2)) and the head's output ``a``
+    have the same shape, e.g. (L, B, D). The product form has no cancellation: 1 - sigmoid(a) is
+    exactly 0 once a > 16.6 in float32 (36.7 in float64); sigmoid(-a) keeps e^{-a} to full precision.
+    """
+    return d_mean * (sigmoid(a) * sigmoid(-a))
+
+
 # ---------------------------------------------------------------------------
 # Bernoulli log-likelihood from logits
 # ---------------------------------------------------------------------------
@@ -299,80 +327,122 @@ class BernoulliLikelihood:
         return sigmoid(out["out"])
 
 
-class GaussianLikelihood:
-    """p(x|z) = N(x; mean, obs_var * I), fixed variance; one decoder head "out" = mean."""
+def _check_decoder_mean(decoder_mean):
+    if not isinstance(decoder_mean, str) or decoder_mean not in DECODER_MEANS:
+        raise ValueError(f"decoder_mean must be one of {list(DECODER_MEANS)}; got {decoder_mean!r}")
+    return decoder_mean
+
+
+class _GaussianMean:
+    """What the two Gaussian likelihoods share: how the decoder's head "out" = a gives the mean m.
+
+    decoder_mean="identity": m = a.  decoder_mean="sigmoid": m = sigmoid(a), for data in [0, 1],
+    with the head's gradient from sigmoid_mean_grad (docs/distributions.md, section 6)."""
+
+    def __init__(self, decoder_mean):
+        self.decoder_mean = _check_decoder_mean(decoder_mean)
+
+    def check_targets(self, x):
+        pass
+
+    def mean(self, out):
+        a = out["out"]
+        return sigmoid(a) if self.decoder_mean == "sigmoid" else a
+
+    def log_prob(self, x, out):
+        return self._log_prob_at(x, self.mean(out), out)
+
+    def grad(self, x, out):
+        return self._grad_at(x, self.mean(out), out)
+
+    def log_prob_and_grad(self, x, out):
+        m = self.mean(out)                 # computed once for both
+        return self._log_prob_at(x, m, out), self._grad_at(x, m, out)
+
+    def _head_grad(self, d_mean, out):
+        """d log p / d out["out"] from d log p / d mean (the subclasses' _grad_at use it)."""
+        return sigmoid_mean_grad(d_mean, out["out"]) if self.decoder_mean == "sigmoid" else d_mean
+
+
+class GaussianLikelihood(_GaussianMean):
+    """p(x|z) = N(x; m, obs_var * I), fixed variance; one decoder head "out" giving the mean m
+    (m = out, or sigmoid(out) with decoder_mean="sigmoid")."""
 
     name = "gaussian"
     heads = ("out",)
     head_ranges = {}      # the variance is fixed: nothing to bound
 
-    def __init__(self, obs_var=1.0):
-        if not np.isscalar(obs_var) or not np.isfinite(obs_var) or obs_var <= 0:
-            raise ValueError(f"obs_var must be a positive finite number; got {obs_var!r}")
-        self.obs_var = float(obs_var)
+    def __init__(self, obs_var=1.0, decoder_mean="identity"):
+        super().__init__(decoder_mean)
+        self.obs_var = check.check_finite_number(obs_var, "obs_var", low=0.0, low_inclusive=False)
 
-    def check_targets(self, x):
-        pass
+    def _log_prob_at(self, x, m, out):
+        return gaussian_log_likelihood(x, m, self.obs_var)
 
-    def log_prob(self, x, out):
-        return gaussian_log_likelihood(x, out["out"], self.obs_var)
-
-    def grad(self, x, out):
-        return {"out": gaussian_log_likelihood_grad(x, out["out"], self.obs_var)}
-
-    def log_prob_and_grad(self, x, out):
-        return self.log_prob(x, out), self.grad(x, out)
-
-    def mean(self, out):
-        return out["out"]
+    def _grad_at(self, x, m, out):
+        return {"out": self._head_grad(gaussian_log_likelihood_grad(x, m, self.obs_var), out)}
 
 
-class GaussianLearnedLikelihood:
-    """p(x|z) = N(x; mean, diag(exp(logvar))): heads "out" = mean and "logvar" per pixel.
+class GaussianLearnedLikelihood(_GaussianMean):
+    """p(x|z) = N(x; m, diag(exp(logvar))): heads "out" (giving the mean m, as in
+    GaussianLikelihood) and "logvar", a log-variance per pixel.
 
     The "logvar" head is bounded (SoftClip, (B8) in docs/backprop.md) to head_ranges["logvar"]
-    = (2 log MIN_STD, 40): no pixel's standard deviation falls below MIN_STD = 0.1 (in data
-    units), so log p(x|z) <= -D log(MIN_STD sqrt(2 pi)), 1.38 nats per pixel. Without a floor the
-    likelihood is unbounded above on pixels the decoder reconstructs exactly (MNIST's black
-    border) and training on MNIST is erratic. 0.1 is about the reconstruction error a good model
-    reaches on MNIST grey values in [0, 1]; the measurements behind it and the trade-off:
-    docs/distributions.md, section 4. The ceiling is the posterior's (model.POSTERIOR_LOGVAR_RANGE).
+    = (2 log obs_std_min, 40): no pixel's standard deviation falls below ``obs_std_min`` (in data
+    units), so log p(x|z) <= -D log(obs_std_min sqrt(2 pi)). Without a floor the likelihood is
+    unbounded above on pixels the decoder reconstructs exactly (MNIST's black border) and training
+    on MNIST is erratic; the CLI's 0.05 for grey values in [0, 1], the measurements behind it and
+    the trade-off: docs/distributions.md, section 4. ``obs_std_min=None``: no floor beyond the
+    bound's numerical range, LOGVAR_RANGE (standard deviations down to e^-20), for data whose
+    noise scale the model is to find (tutorial 10's surface: noise 0.05, learned std 0.07).
     """
 
     name = "gaussian-learned"
     heads = ("out", "logvar")
-    MIN_STD = 0.1
-    head_ranges = {"logvar": (2.0 * math.log(MIN_STD), 40.0)}
 
-    def check_targets(self, x):
-        pass
+    def __init__(self, decoder_mean="identity", obs_std_min=None):
+        super().__init__(decoder_mean)
+        low, high = LOGVAR_RANGE
+        if obs_std_min is not None:
+            # Any floor a log-variance in LOGVAR_RANGE can express: e^-20 <= obs_std_min < e^20.
+            obs_std_min = check.check_finite_number(obs_std_min, "obs_std_min", low=math.exp(low / 2),
+                                                    high=math.exp(high / 2), high_inclusive=False)
+            low = 2.0 * math.log(obs_std_min)
+        self.obs_std_min = obs_std_min
+        self.head_ranges = {"logvar": (low, high)}
 
-    def log_prob(self, x, out):
-        return log_normal_diag(x, out["out"], out["logvar"])
+    def _log_prob_at(self, x, m, out):
+        return log_normal_diag(x, m, out["logvar"])
 
-    def grad(self, x, out):
-        d_mean, d_logvar = log_normal_diag_grad(x, out["out"], out["logvar"])
-        return {"out": d_mean, "logvar": d_logvar}
-
-    def log_prob_and_grad(self, x, out):
-        return self.log_prob(x, out), self.grad(x, out)
-
-    def mean(self, out):
-        return out["out"]
+    def _grad_at(self, x, m, out):
+        d_mean, d_logvar = log_normal_diag_grad(x, m, out["logvar"])
+        return {"out": self._head_grad(d_mean, out), "logvar": d_logvar}
 
 
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian-learned")
 
 
-def make_likelihood(name, obs_var=1.0):
-    """Build the likelihood object for a name in LIKELIHOODS."""
+def make_likelihood(name, obs_var=1.0, decoder_mean="identity", obs_std_min=None):
+    """Build the likelihood object for a name in LIKELIHOODS.
+
+    ``obs_var`` is used by "gaussian"; ``decoder_mean`` (DECODER_MEANS) by the two Gaussian
+    likelihoods; ``obs_std_min`` (None: no floor) by "gaussian-learned". A decoder_mean other than
+    "identity" or an obs_std_min other than None for a likelihood that does not use it is a
+    ValueError naming the argument: it would change nothing."""
+    if not isinstance(name, str) or name not in LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {name!r}; expected one of {list(LIKELIHOODS)}")
+    _check_decoder_mean(decoder_mean)
+    if decoder_mean != "identity" and name == "bernoulli":
+        raise ValueError(f"decoder_mean={decoder_mean!r} applies to the Gaussian likelihoods only; the "
+                         "bernoulli likelihood's mean is always sigmoid(logits)")
+    if obs_std_min is not None and name != "gaussian-learned":
+        raise ValueError(f"obs_std_min (a floor on the learned standard deviation) applies to "
+                         f"likelihood='gaussian-learned' only; got likelihood={name!r}")
     if name == "bernoulli":
         return BernoulliLikelihood()
     if name == "gaussian":
-        return GaussianLikelihood(obs_var)
-    if name == "gaussian-learned":
-        return GaussianLearnedLikelihood()
-    raise ValueError(f"unknown likelihood {name!r}; expected one of {list(LIKELIHOODS)}")
+        return GaussianLikelihood(obs_var, decoder_mean)
+    return GaussianLearnedLikelihood(decoder_mean, obs_std_min)
 
 
 # ---------------------------------------------------------------------------

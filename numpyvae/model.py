@@ -29,8 +29,8 @@ import numpy as np
 
 from . import _validate as check
 from .distributions import (
-    kl_diag_gaussian_standard, kl_diag_gaussian_standard_grad, kl_full_gaussian_standard, log_q_from_eps,
-    log_standard_normal, make_likelihood, normalized_importance_weights, reparameterize,
+    LOGVAR_RANGE, kl_diag_gaussian_standard, kl_diag_gaussian_standard_grad, kl_full_gaussian_standard,
+    log_q_from_eps, log_standard_normal, make_likelihood, normalized_importance_weights, reparameterize,
     reparameterize_backward, reparameterize_full, reparameterize_full_backward,
 )
 from .estimators import check_baseline, leave_one_out_baseline, score_function_grad, stl_path_grad_z
@@ -50,13 +50,9 @@ POSTERIORS = ("diag", "full")
 
 
 # The range (low, high) of the posterior's log-variance, kept by a smooth bound on the "logvar" head
-# (SoftClip, Eq. (B8), docs/backprop.md; the reasons for the numbers: docs/elbo.md, section 4).
-# 40 nats either side of the prior's log-variance 0. In [-5, 5] the bound moves a value by at most one
-# float64 rounding unit, in [-10, 10] by 1e-13 and not at all in float32: trained values are not bent,
-# and a log-variance set by hand through the head's bias (numpyvae.ppca.linear_vae_from_ppca) is
-# exact. At the ceiling every float32 quantity stays finite (e^40 = 2.4e17; z's standard deviation
-# is e^20 = 4.9e8).
-POSTERIOR_LOGVAR_RANGE = (-40.0, 40.0)
+# (SoftClip, Eq. (B8), docs/backprop.md): distributions.LOGVAR_RANGE, (-40, 40), shared with the
+# learned-variance decoder; the reasons for the numbers: docs/elbo.md, section 4.
+POSTERIOR_LOGVAR_RANGE = LOGVAR_RANGE
 
 # Peak memory one chunk of VAE.log_likelihood (and diagnostics.log_likelihood_prior_sampling) may
 # take by default: decoder outputs and the likelihood's temporaries included.
@@ -80,12 +76,19 @@ class VAE:
     dtype : np.float32 | np.float64   every parameter and every computation uses this dtype.
     posterior : str            "diag" (default) or "full": a full-covariance Gaussian through a
                                Cholesky factor with an extra encoder head "enc.tril" (docs/kl.md, F1).
+    decoder_mean : str         the mean of the Gaussian likelihoods: "identity" (the "out" head itself)
+                               or "sigmoid" (sigmoid of it: for data in [0, 1] such as pixels, a mean
+                               that cannot leave that range). docs/distributions.md, section 6.
+    obs_std_min : float | None likelihood="gaussian-learned" only: the floor of every pixel's standard
+                               deviation, in data units (None: no floor). docs/distributions.md, section 4.
+                               Either one given to a likelihood that does not use it is a ValueError.
     """
 
     cond_dim = 0   # width of the condition appended to encoder and decoder inputs (ConditionalVAE)
 
     def __init__(self, input_dim, hidden_dims=(400,), latent_dim=20, likelihood="bernoulli",
-                 obs_var=1.0, activation="tanh", seed=0, dtype=np.float32, posterior="diag"):
+                 obs_var=1.0, activation="tanh", seed=0, dtype=np.float32, posterior="diag",
+                 decoder_mean="identity", obs_std_min=None):
         self.input_dim = check.check_positive_int(input_dim, "input_dim")
         self.latent_dim = check.check_positive_int(latent_dim, "latent_dim")
         self.hidden_dims = check.hidden_widths(hidden_dims)
@@ -96,7 +99,10 @@ class VAE:
         # Checked whatever the likelihood: the config is saved as JSON, which cannot hold inf or NaN.
         self.obs_var = check.check_finite_number(obs_var, "obs_var", low=0.0, low_inclusive=False)
         self.seed = check.check_nonnegative_int(seed, "seed")
-        self.likelihood = make_likelihood(likelihood, self.obs_var)
+        self.likelihood = make_likelihood(likelihood, self.obs_var, decoder_mean, obs_std_min)
+        # Both checked by make_likelihood (and refused for a likelihood that does not use them).
+        self.decoder_mean = decoder_mean
+        self.obs_std_min = None if obs_std_min is None else float(obs_std_min)
         self.activation = activation
 
         rng = np.random.default_rng(seed)
@@ -148,11 +154,14 @@ class VAE:
         return {"input_dim": self.input_dim, "hidden_dims": list(self.hidden_dims),
                 "latent_dim": self.latent_dim, "likelihood": self.likelihood.name,
                 "obs_var": self.obs_var, "activation": self.activation, "seed": self.seed,
-                "dtype": self.dtype.name, "posterior": self.posterior}
+                "dtype": self.dtype.name, "posterior": self.posterior, "decoder_mean": self.decoder_mean,
+                "obs_std_min": self.obs_std_min}
 
     def __repr__(self):
         arch = "-".join(str(d) for d in (self.input_dim,) + self.hidden_dims + (self.latent_dim,))
-        return (f"{type(self).__name__}({arch}, likelihood={self.likelihood.name!r}, "
+        extra = "" if self.decoder_mean == "identity" else f"decoder_mean={self.decoder_mean!r}, "
+        extra += "" if self.obs_std_min is None else f"obs_std_min={self.obs_std_min:g}, "
+        return (f"{type(self).__name__}({arch}, likelihood={self.likelihood.name!r}, {extra}"
                 f"activation={self.activation!r}, posterior={self.posterior!r}, dtype={self.dtype.name}, "
                 f"{self.num_params()} parameters)")
 
@@ -530,9 +539,11 @@ class VAE:
         decoder head's (B, D) output, and seven more (B, D) temporaries for the likelihood (measured
         peaks: 4.6 for the Bernoulli, whose softplus holds exp(-|a|), 1 + exp(-|a|) and a rounding
         correction before x * a is formed; 2.6 for the fixed-variance and 5.6 for the learned-variance
-        Gaussian). test_log_likelihood_memory_is_bounded measures the peak."""
+        Gaussian), and one more for a sigmoid mean, which lives beside them (decoder_mean="sigmoid").
+        test_log_likelihood_memory_is_bounded measures the peak."""
+        temporaries = 7 + (self.decoder_mean == "sigmoid")
         per_sample = B * self.dtype.itemsize * (
-            self.input_dim * (len(self.dec_heads) + 7) + sum(self.hidden_dims))
+            self.input_dim * (len(self.dec_heads) + temporaries) + sum(self.hidden_dims))
         return max(1, min(K, LOG_LIKELIHOOD_CHUNK_BYTES // per_sample))
 
     def _collect_grads(self):

@@ -24,6 +24,9 @@ the previous checkpoint or the new one, never half of one.
 Divergence: a step whose minibatch ELBO or gradient is not finite stops training with a
 ``TrainingDiverged`` error that names the epoch, the step and what went non-finite, before
 the bad step touches the model; a checkpoint is only ever written from finite parameters.
+Divergence that stays finite (bounded log-variances keep a runaway model's numbers finite) is
+caught at the end of an epoch: a test ELBO more than ten times the best one's magnitude below
+the best so far (the untrained model's, for a new run) stops training the same way.
 """
 
 import contextlib
@@ -254,6 +257,13 @@ def _nonfinite(values):
     return None
 
 
+def _exploded(elbo, best):
+    """Divergence that stays finite: an ELBO more than ten times the best one's magnitude below
+    it (e.g. -1e10 nats after an ELBO of -540). Noise and ordinary setbacks of training move the
+    test ELBO by a few nats; only runaway parameters move it this far."""
+    return elbo < best - 10.0 * max(abs(best), 1.0)
+
+
 def _progress_line(epoch, cfg, done, n_batches, steps_per_epoch, elbo_sum, n, start):
     elapsed = time.perf_counter() - start
     rate = done * cfg.batch_size / max(elapsed, 1e-9)
@@ -299,6 +309,9 @@ def _train_epochs(run, x_train, x_test, out_dir, log, progress, on_epoch_end, y_
     if n == 0 or x_test.shape[0] == 0:
         raise ValueError(f"training needs data: x_train has {n} rows and x_test {x_test.shape[0]}")
     eps_test = fixed_test_noise(model, x_test.shape[0], cfg.seed)
+    # The yardstick for divergence that stays finite: the best test ELBO so far (of the
+    # untrained model, for a new run).
+    best = max(run.history.get("test_elbo") or [evaluate_elbo(model, x_test, eps_test, y=y_test)["elbo"]])
 
     while run.epoch < cfg.epochs:
         start = time.perf_counter()
@@ -317,6 +330,10 @@ def _train_epochs(run, x_train, x_test, out_dir, log, progress, on_epoch_end, y_
                           **{f"parameter {k!r}": v for k, v in model.params.items()}})
         if bad is not None:
             raise TrainingDiverged(run, epoch, None, steps, f"{bad} is not finite", out_dir)
+        if _exploded(row["test_elbo"], best):
+            raise TrainingDiverged(run, epoch, None, steps, f"the test ELBO fell to {row['test_elbo']:.4g} nats, "
+                                   f"far below the best so far ({best:.4g})", out_dir)
+        best = max(best, row["test_elbo"])
         for k in HISTORY_KEYS:
             run.history.setdefault(k, []).append(row[k])
         run.epoch = epoch

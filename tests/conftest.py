@@ -57,3 +57,30 @@ def randomise_biases(model, rng):
     for k, v in model.params.items():
         if k.endswith(".b"):
             v[:] = 0.3 * rng.standard_normal(v.shape)
+
+
+def error_reading_fifo(read, path):
+    """Make a FIFO at ``path``, call ``read(path)`` in a thread and return what it raised.
+    Fails the test if the call blocks (a reader that opens a FIFO waits for a writer forever)
+    or returns without raising."""
+    import threading
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this platform")
+    os.mkfifo(path)
+    outcome = {}
+
+    def call():
+        try:
+            read(path)
+        except BaseException as e:  # noqa: B902 - recorded and checked by the caller
+            outcome["error"] = e
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    if thread.is_alive():  # stuck in open(): give it a writer so the run can go on
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(timeout=5)
+        pytest.fail(f"{read.__name__} blocked on a FIFO")
+    assert "error" in outcome, f"{read.__name__} read a FIFO without an error"
+    return outcome["error"]

@@ -11,13 +11,13 @@ import signal
 import struct
 import subprocess
 import sys
-import threading
 import warnings
 import zipfile
 
 import numpy as np
 import pytest
 
+from conftest import error_reading_fifo
 from numpyvae import checkpoint
 from numpyvae.checkpoint import (
     atomic_write_bytes,
@@ -422,27 +422,10 @@ def refused(path, *needles):
 
 
 def test_a_fifo_is_refused_without_blocking(tmp_path):
-    if not hasattr(os, "mkfifo"):
-        pytest.skip("no FIFOs on this platform")
     fifo = tmp_path / "checkpoint.npz"
-    os.mkfifo(fifo)
-    outcome = {}
-
-    def load():
-        try:
-            load_checkpoint(fifo)
-        except BaseException as e:  # noqa: B902 - recorded and checked below
-            outcome["error"] = e
-
-    thread = threading.Thread(target=load, daemon=True)
-    thread.start()
-    thread.join(timeout=10)
-    if thread.is_alive():  # stuck in open(): give it a writer so the run can go on
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        thread.join(timeout=5)
-        pytest.fail("load_checkpoint blocked on a FIFO")
-    assert isinstance(outcome["error"], ValueError), outcome
-    assert "FIFO" in str(outcome["error"]) and str(fifo) in str(outcome["error"])
+    error = error_reading_fifo(load_checkpoint, fifo)
+    assert isinstance(error, ValueError), error
+    assert "FIFO" in str(error) and str(fifo) in str(error)
 
 
 def test_a_device_is_refused():

@@ -202,7 +202,8 @@ def test_train_help_shows_the_defaults_the_readme_lists():
     entries = {a.option_strings[0]: help_entry(parser, a) for a in parser._actions}
     for option, default in (("--latent-dim", "20"), ("--hidden", "400"), ("--activation", "relu"),
                             ("--likelihood", "bernoulli"), ("--batch-size", "128"), ("--lr", "0.001"),
-                            ("--optimizer", "adam"), ("--dtype", "float32"), ("--seed", "0"), ("--epochs", "20")):
+                            ("--optimizer", "adam"), ("--dtype", "float32"), ("--seed", "0"), ("--epochs", "20"),
+                            ("--decoder-mean", "sigmoid"), ("--obs-std-min", "0.05")):
         assert entries[option].endswith(f"(default: {default})"), entries[option]
 
 
@@ -234,15 +235,51 @@ def test_resume_refuses_each_option_it_cannot_change(saved_run, option, saved, g
     assert (saved_run / "checkpoint.npz").read_bytes() == before
 
 
+@pytest.fixture(scope="module")
+def saved_learned_run(tmp_path_factory):
+    """A one-epoch gaussian-learned run with the default decoder mean and floor."""
+    out = tmp_path_factory.mktemp("learned") / "r"
+    assert main(["train", *SMALL, "--likelihood", "gaussian-learned", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("likelihood, used", [("bernoulli", {"decoder_mean": "identity", "obs_std_min": None}),
+                                              ("gaussian", {"decoder_mean": "sigmoid", "obs_std_min": None}),
+                                              ("gaussian-learned", {"decoder_mean": "sigmoid", "obs_std_min": 0.05})])
+def test_decoder_mean_and_floor_go_to_the_likelihoods_that_use_them(likelihood, used, saved_run, saved_learned_run,
+                                                                   tmp_path):
+    """The CLI's defaults (sigmoid, 0.05) reach the model only for the likelihoods that use them;
+    the other likelihoods keep the model's defaults (the model refuses them)."""
+    if likelihood == "gaussian":
+        out = tmp_path / "g"
+        assert main(["train", *SMALL, "--likelihood", "gaussian", "--out", str(out)]) == 0
+    else:
+        out = saved_run if likelihood == "bernoulli" else saved_learned_run
+    model = json.loads((out / "config.json").read_text())["model"]
+    assert {k: model[k] for k in used} == used
+
+
+@pytest.mark.parametrize("option, saved, given", [(["--obs-std-min", "0.1"], "0.05", "0.1"),
+                                                  (["--decoder-mean", "identity"], "sigmoid", "identity")])
+def test_resume_refuses_a_different_decoder_mean_or_floor(saved_learned_run, option, saved, given, capsys):
+    before = (saved_learned_run / "checkpoint.npz").read_bytes()
+    line = one_line_error(capsys, ["train", "--out", str(saved_learned_run), "--resume", "--epochs", "2", *option])
+    assert line == (f"numpyvae train: error: --resume cannot change: {option[0]} (saved {saved}, given {given}); "
+                    "start a new run (another --out) to train with different settings")
+    assert (saved_learned_run / "checkpoint.npz").read_bytes() == before
+
+
 def test_resume_refuses_a_different_data_dir(saved_run, tmp_path, capsys):
     line = one_line_error(capsys, ["train", "--out", str(saved_run), "--resume", "--data-dir", str(tmp_path)])
     assert f"--data-dir (saved (none), given {tmp_path})" in line
 
 
 def test_resume_applies_and_prints_what_it_may_change(fresh_run, capsys):
-    # Options given with their saved values are no change; --epochs omitted would mean "the saved total".
+    # Options given with their saved values are no change, nor are options the run's likelihood does not
+    # use (a Bernoulli run has no decoder mean or floor); --epochs omitted would mean "the saved total".
     assert main(["train", "--out", str(fresh_run), "--resume", "--epochs", "2", "--lr", "0.0005",
-                 "--clip-norm", "5", "--latent-dim", "2", "--hidden", "8", "--no-figures"]) == 0
+                 "--clip-norm", "5", "--latent-dim", "2", "--hidden", "8", "--decoder-mean", "identity",
+                 "--obs-std-min", "0.2", "--no-figures"]) == 0
     out = capsys.readouterr().out
     assert "epochs: 1 -> 2\nlr: 0.001 -> 0.0005\nclip-norm: (none) -> 5\n" in out
     assert "trained epoch 2 (1 in this call)" in out

@@ -194,6 +194,83 @@ def test_likelihood_objects():
         dist.make_likelihood("bernoulli").check_targets(np.array([[0.5, 1.5]]))
 
 
+# ----------------------------------------------------------------- the sigmoid mean of the Gaussians (Eq. (G6))
+
+def sigmoid_models(rng, shape=(2, 3, 5)):
+    """Both Gaussian likelihoods with decoder_mean="sigmoid", with decoder outputs of ``shape``
+    (L, B, D) and targets x (B, D) in [0, 1]; logits up to +-6, where the sigmoid bends."""
+    a, logvar = 3.0 * rng.standard_normal((2,) + shape)
+    x = rng.random(shape[1:])
+    return x, {"gaussian": (dist.GaussianLikelihood(0.3, decoder_mean="sigmoid"), {"out": a}),
+               "gaussian-learned": (dist.GaussianLearnedLikelihood(decoder_mean="sigmoid"),
+                                    {"out": a, "logvar": logvar})}
+
+
+def test_sigmoid_mean_likelihoods_match_scipy():
+    """log p(x|z) is the normal log-density at mean sigmoid(a) (scipy's expit and norm), summed
+    over the pixels; decode's mean is sigmoid(a), and the identity mean is the head itself."""
+    from scipy.special import expit
+    x, models = sigmoid_models(np.random.default_rng(40))
+    for name, (lik, out) in models.items():
+        std = np.sqrt(0.3) if name == "gaussian" else np.exp(0.5 * out["logvar"])
+        expected = stats.norm.logpdf(x, loc=expit(out["out"]), scale=std).sum(axis=-1)
+        np.testing.assert_allclose(lik.log_prob(x, out), expected, rtol=1e-12, err_msg=name)
+        np.testing.assert_allclose(lik.mean(out), expit(out["out"]), rtol=1e-14, err_msg=name)
+        identity = type(lik)(**({"obs_var": 0.3} if name == "gaussian" else {}))
+        np.testing.assert_array_equal(identity.mean(out), out["out"])
+
+
+def test_sigmoid_mean_likelihood_grads(grad_report):
+    """Eq. (G6), docs/distributions.md: the gradient with respect to the head a, against central
+    differences in float64; log_prob_and_grad gives the same numbers as log_prob and grad."""
+    x, models = sigmoid_models(np.random.default_rng(41))
+    for name, (lik, out) in models.items():
+        grads = lik.grad(x, out)
+        f = lambda: lik.log_prob(x, out).sum()  # noqa: E731
+        grad_report(f"distributions.{name}[decoder_mean=sigmoid]",
+                    {head: rel_error(grads[head], numerical_gradient(f, out[head])) for head in lik.heads})
+        log_p, both = lik.log_prob_and_grad(x, out)
+        np.testing.assert_array_equal(log_p, lik.log_prob(x, out))
+        assert all(np.array_equal(both[h], grads[h]) for h in lik.heads)
+
+
+@pytest.mark.parametrize("dtype, a", [(np.float64, 30.0), (np.float64, 700.0), (np.float32, 12.0),
+                                      (np.float32, 80.0)])
+def test_sigmoid_mean_grad_has_no_cancellation(dtype, a):
+    """m (1 - m) = e^{-|a|} / (1 + e^{-|a|})^2 to full relative precision, on both sides of 0, where
+    1 - m computed from m = sigmoid(a) loses every digit (it rounds to exactly 0 for these a in the
+    second case of each dtype) and the gradient of a saturated pixel would vanish."""
+    a = np.array([a, -a], dtype=dtype)
+    e = np.exp(-np.abs(a.astype(np.float64)))
+    exact = e / (1 + e) ** 2
+    got = dist.sigmoid_mean_grad(np.ones_like(a), a)
+    assert got.dtype == dtype and np.all(got > 0)
+    np.testing.assert_allclose(got, exact, rtol=10 * np.finfo(dtype).eps)
+
+
+def test_decoder_mean_and_variance_floor_are_checked():
+    for call, exc, pattern in [
+        (lambda: dist.make_likelihood("gaussian", decoder_mean="logit"), ValueError, r"^decoder_mean must be one of"),
+        (lambda: dist.GaussianLearnedLikelihood(decoder_mean=None), ValueError, r"^decoder_mean must be one of"),
+        (lambda: dist.make_likelihood("bernoulli", decoder_mean="sigmoid"), ValueError,
+         r"^decoder_mean='sigmoid' applies to the Gaussian likelihoods only"),
+        (lambda: dist.make_likelihood("gaussian", obs_std_min=0.1), ValueError,
+         r"^obs_std_min .* applies to likelihood='gaussian-learned' only"),
+        (lambda: dist.make_likelihood("bernoulli", obs_std_min=0.1), ValueError, r"^obs_std_min"),
+        (lambda: dist.make_likelihood("gaussian-learned", obs_std_min=0.0), ValueError, r"^obs_std_min must be"),
+        (lambda: dist.make_likelihood("gaussian-learned", obs_std_min=np.nan), ValueError, r"^obs_std_min must be"),
+        (lambda: dist.make_likelihood("gaussian-learned", obs_std_min=1e-10), ValueError, r"^obs_std_min must be"),
+        (lambda: dist.make_likelihood("gaussian-learned", obs_std_min=1e9), ValueError, r"^obs_std_min must be"),
+        (lambda: dist.make_likelihood("gaussian-learned", obs_std_min="0.1"), TypeError, r"^obs_std_min must be"),
+    ]:
+        with pytest.raises(exc, match=pattern):
+            call()
+    # the valid neighbours
+    lik = dist.make_likelihood("gaussian-learned", decoder_mean="sigmoid", obs_std_min=np.float32(0.05))
+    assert lik.decoder_mean == "sigmoid" and lik.head_ranges["logvar"] == pytest.approx((2 * np.log(0.05), 40.0))
+    assert dist.make_likelihood("gaussian-learned").head_ranges["logvar"] == dist.LOGVAR_RANGE
+
+
 # ----------------------------------------------------------------- reparameterization
 
 def test_reparameterized_moments():

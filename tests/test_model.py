@@ -288,8 +288,10 @@ def test_gap_is_kl_to_posterior_and_importance_sampling_closes_it():
                                rtol=1e-12)
 
 
-@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "gaussian-learned"])
-def test_log_likelihood_memory_is_bounded(likelihood, monkeypatch):
+@pytest.mark.parametrize("likelihood, decoder_mean", [("bernoulli", "identity"), ("gaussian", "identity"),
+                                                      ("gaussian-learned", "identity"), ("gaussian", "sigmoid"),
+                                                      ("gaussian-learned", "sigmoid")])
+def test_log_likelihood_memory_is_bounded(likelihood, decoder_mean, monkeypatch):
     # With a 2 MiB budget, K = 400 samples for 40 datapoints need several chunks; the peak of
     # everything NumPy allocates during the call (tracemalloc sees NumPy's buffers) must stay
     # within the budget plus a small fixed allowance (x, log_sum, the encoder pass: < 0.25 MiB
@@ -298,7 +300,7 @@ def test_log_likelihood_memory_is_bounded(likelihood, monkeypatch):
     from numpyvae import diagnostics, model as model_module
     budget = 2 << 20
     monkeypatch.setattr(model_module, "LOG_LIKELIHOOD_CHUNK_BYTES", budget)
-    m = nv.VAE(60, (30,), 4, likelihood=likelihood, seed=0, dtype=np.float64)
+    m = nv.VAE(60, (30,), 4, likelihood=likelihood, seed=0, dtype=np.float64, decoder_mean=decoder_mean)
     x = np.random.default_rng(0).random((40, 60))
     K = 400
     chunk = m._default_chunk_size(40, K)
@@ -334,7 +336,7 @@ def test_log_variance_heads_start_at_variance_one(build):
     assert np.all(logvar == 0.0)
     low, high = m.likelihood.head_ranges["logvar"]
     dec_logvar = m.decoder_outputs(mu, *cond)["logvar"]
-    assert np.all((dec_logvar > 0) & (dec_logvar <= math.exp(low)))
+    assert np.all((dec_logvar >= 0) & (dec_logvar <= math.exp(low)))
     if build == "full":
         assert np.all(m.encode_full(x)["tril"] == 0.0)
 
@@ -374,20 +376,148 @@ def test_gaussian_vae_on_unscaled_pixels_is_finite(logvar_bias):
     check_all_finite(m, x, rng)
 
 
-def test_learned_variance_likelihood_is_bounded_above():
+@pytest.mark.parametrize("decoder_mean", ["identity", "sigmoid"])
+@pytest.mark.parametrize("obs_std_min", [0.1, 0.05])
+def test_learned_variance_likelihood_is_bounded_above(obs_std_min, decoder_mean):
     """A decoder that reconstructs x exactly and pushes its log-variance head to -1000 (unbounded:
-    log p(x|z) = +500 nats per pixel) is held at the floor: log p(x|z) = -D log(MIN_STD sqrt(2 pi))
-    to within SoftClip's offset, 1.38 nats per pixel for MIN_STD = 0.1."""
+    log p(x|z) = +500 nats per pixel) is held at the floor: log p(x|z) = -D log(obs_std_min sqrt(2 pi))
+    to within SoftClip's offset (1.38 nats per pixel for obs_std_min = 0.1, 2.08 for 0.05)."""
     rng = np.random.default_rng(33)
-    m = nv.VAE(D, (5,), Z, likelihood="gaussian-learned", seed=0, dtype=np.float64)
-    x = rng.random((1, D))
+    m = nv.VAE(D, (5,), Z, likelihood="gaussian-learned", seed=0, dtype=np.float64, decoder_mean=decoder_mean,
+               obs_std_min=obs_std_min)
+    x = rng.uniform(0.05, 0.95, (1, D))
     m.params["dec.out.W"][...] = 0.0
-    m.params["dec.out.b"][...] = x[0]              # the mean is x, whatever z
+    m.params["dec.out.b"][...] = x[0] if decoder_mean == "identity" else np.log(x[0] / (1 - x[0]))   # mean x
     m.params["dec.logvar.b"][...] = -1000.0
-    ceiling = -D * math.log(m.likelihood.MIN_STD * math.sqrt(2 * math.pi))
+    ceiling = -D * math.log(obs_std_min * math.sqrt(2 * math.pi))
     log_p = m.log_p_x_given_z(x, rng.standard_normal((3, 1, Z)))
     np.testing.assert_allclose(log_p, ceiling, rtol=1e-12)
-    assert m.likelihood.head_ranges["logvar"][0] == 2 * math.log(m.likelihood.MIN_STD)
+    assert m.likelihood.head_ranges["logvar"][0] == pytest.approx(2 * math.log(obs_std_min), rel=1e-15)
+
+
+@given(out_bias=st.floats(-1e4, 1e4), logvar_bias=st.floats(-1e4, 1e4), seed=st.integers(0, 2**16),
+       decoder_mean=st.sampled_from(["identity", "sigmoid"]))
+def test_the_floor_holds_for_any_decoder_output(out_bias, logvar_bias, seed, decoder_mean):
+    """log p(x|z) <= -D log(obs_std_min sqrt(2 pi)), the density of an exact reconstruction at the
+    floor, whatever the decoder's heads output (random weights, biases anywhere in +-1e4)."""
+    rng = np.random.default_rng(seed)
+    m = nv.VAE(D, (5,), Z, likelihood="gaussian-learned", seed=seed % 7, dtype=np.float64,
+               decoder_mean=decoder_mean, obs_std_min=0.05)
+    randomise_zero_weights(m, rng)
+    m.params["dec.out.b"][...] = out_bias
+    m.params["dec.logvar.b"][...] = logvar_bias
+    x = rng.random((2, D))
+    log_p = m.log_p_x_given_z(x, 3 * rng.standard_normal((4, 2, Z)))
+    assert np.all(log_p <= -D * math.log(0.05 * math.sqrt(2 * math.pi)))
+
+
+def test_without_a_floor_a_small_noise_scale_is_representable():
+    """obs_std_min=None leaves the learned standard deviation free down to the bound's numerical
+    range, e^-20 (LOGVAR_RANGE): a decoder can say std 0.05 (tutorial 10's noise) or 0.001, and
+    log p(x|z) is the Gaussian density at that std; a fixed floor of 0.1 would have read 0.1."""
+    rng = np.random.default_rng(34)
+    m = nv.VAE(D, (5,), Z, likelihood="gaussian-learned", seed=0, dtype=np.float64)
+    assert m.obs_std_min is None and m.likelihood.head_ranges["logvar"] == POSTERIOR_LOGVAR_RANGE
+    x, z = rng.standard_normal((2, D)), rng.standard_normal((2, Z))
+    m.params["dec.logvar.W"][...] = 0.0
+    for std in (0.05, 1e-3):
+        m.params["dec.logvar.b"][...] = 2 * math.log(std)
+        # to within SoftClip's bend, e^-(v + 40) = 5e-12 at v = 2 log 0.001
+        np.testing.assert_allclose(np.exp(0.5 * m.decoder_outputs(z)["logvar"]), std, rtol=1e-10)
+        mean = m.decode(z)
+        np.testing.assert_allclose(m.log_p_x_given_z(x, z[None]),
+                                   stats.norm.logpdf(x, mean, std).sum(axis=1)[None], rtol=1e-10)
+
+
+# ----------------------------------------------------------------- the decoder's mean and the variance floor
+
+@pytest.mark.parametrize("build", ["gaussian", "gaussian-learned", "conditional"])
+def test_vae_gradients_with_a_sigmoid_mean(build, grad_report):
+    """The whole VAE with decoder_mean="sigmoid" (Eq. (G6), docs/distributions.md), every parameter
+    against central differences in float64; the decoder's logits spread to +-6, where the sigmoid bends."""
+    rng = np.random.default_rng(35)
+    likelihood = "gaussian" if build == "gaussian" else "gaussian-learned"
+    kwargs = dict(likelihood=likelihood, obs_var=0.3, activation="tanh", seed=5, dtype=np.float64,
+                  decoder_mean="sigmoid")
+    if build == "conditional":
+        m, cond = ConditionalVAE(D, 3, (5,), Z, obs_std_min=0.05, **kwargs), (np.array([0, 2, 1, 2]),)
+    else:
+        m, cond = nv.VAE(D, (5,), Z, **kwargs), ()
+    randomise_biases(m, rng)
+    randomise_zero_weights(m, rng)
+    m.params["dec.out.b"][:] = rng.uniform(-6, 6, D)
+    x, eps = rng.random((B, D)), rng.standard_normal((2, B, Z))
+    assert np.ptp(m.decoder_outputs(eps[0], *cond)["out"]) > 6
+    loss, grads = m.loss_and_grads(x, *cond, eps=eps, n_samples=2, beta=0.7)
+    errors = check_param_grads(lambda: m.loss_and_grads(x, *cond, eps=eps, n_samples=2, beta=0.7)[0],
+                               m.params, grads)
+    grad_report(f"VAE[{build}, decoder_mean=sigmoid]", errors)
+
+
+@pytest.mark.parametrize("likelihood", ["gaussian", "gaussian-learned"])
+def test_sigmoid_mean_decodes_into_the_unit_interval(likelihood):
+    """decode, sample and reconstruct give sigmoid(out) in [0, 1] wherever the codes are (here up to
+    50 prior standard deviations out, where an identity mean wanders far outside the pixel range)."""
+    rng = np.random.default_rng(36)
+    m = nv.VAE(D, (5,), Z, likelihood=likelihood, seed=0, dtype=np.float64, decoder_mean="sigmoid")
+    z = 50 * rng.standard_normal((20, Z))
+    out = m.decoder_outputs(z)["out"]
+    np.testing.assert_allclose(m.decode(z), 1 / (1 + np.exp(-out)), rtol=1e-12)
+    assert np.all((m.decode(z) >= 0) & (m.decode(z) <= 1)) and np.abs(out).max() > 1
+    assert np.all((m.sample(50, rng) >= 0) & (m.sample(50, rng) <= 1))
+    identity = nv.VAE(D, (5,), Z, likelihood=likelihood, seed=0, dtype=np.float64)
+    np.testing.assert_array_equal(identity.decode(z), out)     # the same network, the head's output itself
+
+
+@pytest.mark.parametrize("build", ["vae", "conditional"])
+def test_decoder_mean_and_floor_round_trip_through_a_checkpoint(build, tmp_path):
+    """config holds decoder_mean and obs_std_min; save_run / load_run rebuild the same model (same
+    floor, same mean: the same log p(x|z)). A checkpoint written before they existed (no keys) loads
+    with the defaults, identity and no floor."""
+    from numpyvae.checkpoint import load_checkpoint, save_checkpoint
+    from numpyvae.training import TrainConfig, load_run, new_run, save_run
+    rng = np.random.default_rng(37)
+    kwargs = dict(likelihood="gaussian-learned", seed=0, dtype=np.float64, decoder_mean="sigmoid",
+                  obs_std_min=0.05)
+    m = ConditionalVAE(D, 3, (5,), Z, **kwargs) if build == "conditional" else nv.VAE(D, (5,), Z, **kwargs)
+    cond = (np.array([0, 1, 2, 0]),) if build == "conditional" else ()
+    m.params["dec.logvar.b"][...] = rng.uniform(-12, 2, D)        # some pixels at the floor
+    x, z = rng.random((B, D)), rng.standard_normal((2, B, Z))
+    save_run(new_run(m, TrainConfig(epochs=1)), tmp_path)
+    loaded = load_run(tmp_path).model
+    assert loaded.config == m.config and (m.config["decoder_mean"], m.config["obs_std_min"]) == ("sigmoid", 0.05)
+    assert loaded.likelihood.head_ranges == m.likelihood.head_ranges
+    np.testing.assert_array_equal(loaded.log_p_x_given_z(x, z, *cond), m.log_p_x_given_z(x, z, *cond))
+
+    arrays, meta = load_checkpoint(tmp_path / "checkpoint.npz")
+    del meta["model"]["decoder_mean"], meta["model"]["obs_std_min"]
+    save_checkpoint(tmp_path / "checkpoint.npz", arrays, meta)
+    old = load_run(tmp_path).model
+    assert (old.config["decoder_mean"], old.config["obs_std_min"]) == ("identity", None)
+    assert old.likelihood.head_ranges["logvar"] == POSTERIOR_LOGVAR_RANGE
+
+
+@pytest.mark.parametrize("cls", [nv.VAE, ConditionalVAE])
+def test_decoder_mean_and_floor_only_where_they_apply(cls):
+    """Given to a likelihood that does not use it, each is a ValueError naming it (not a silent no-op);
+    a wrong value is an error naming it too."""
+    def build(**kwargs):
+        return cls(D, 3, (5,), Z, **kwargs) if cls is ConditionalVAE else cls(D, (5,), Z, **kwargs)
+    only_learned = r"^obs_std_min .* applies to likelihood='gaussian-learned' only"
+    for kwargs, exc, pattern in [
+        (dict(likelihood="bernoulli", decoder_mean="sigmoid"), ValueError, r"^decoder_mean='sigmoid' applies to"),
+        (dict(likelihood="bernoulli", obs_std_min=0.05), ValueError, only_learned),
+        (dict(likelihood="gaussian", obs_std_min=0.05), ValueError, only_learned),
+        (dict(likelihood="gaussian", decoder_mean="tanh"), ValueError, r"^decoder_mean must be one of"),
+        (dict(likelihood="gaussian-learned", obs_std_min=-0.1), ValueError, r"^obs_std_min must be"),
+        (dict(likelihood="gaussian-learned", obs_std_min=math.inf), ValueError, r"^obs_std_min must be"),
+        (dict(likelihood="gaussian-learned", obs_std_min=[0.1]), TypeError, r"^obs_std_min must be"),
+    ]:
+        with pytest.raises(exc, match=pattern):
+            build(**kwargs)
+    assert build(likelihood="gaussian", decoder_mean="sigmoid").config["decoder_mean"] == "sigmoid"
+    assert build(likelihood="gaussian-learned", obs_std_min=np.float64(0.1)).config["obs_std_min"] == 0.1
+    assert build(likelihood="bernoulli").config["obs_std_min"] is None
 
 
 # ----------------------------------------------------------------- the linear VAE reaches pPCA on unscaled data

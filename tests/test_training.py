@@ -196,6 +196,25 @@ def test_a_non_finite_test_elbo_is_not_saved(small_data, tmp_path, monkeypatch):
     assert run.epoch == 0 and run.history["epoch"] == [] and not (tmp_path / "checkpoint.npz").exists()
 
 
+def test_a_finite_runaway_is_divergence_too(small_data, tmp_path):
+    """With bounded log-variances a runaway model's ELBO stays finite (about -1e10 nats after one
+    epoch at lr 10); it must stop all the same, and nothing of it is saved."""
+    run = small_run(2, lr=10.0)
+    with pytest.raises(TrainingDiverged, match=r"^training diverged at epoch 1 \(at the evaluation after its "
+                                               r"last step\): the test ELBO fell to -?[0-9.e+]+ nats, far below "
+                                               r"the best so far \(-[0-9.]+\); nothing was saved") as info:
+        train(run, *small_data, out_dir=tmp_path, log=None, progress=False)
+    assert info.value.step is None and run.epoch == 0 and not (tmp_path / "checkpoint.npz").exists()
+
+
+def test_ordinary_setbacks_are_not_divergence():
+    """The rule is relative to the best ELBO's magnitude: only a tenfold drop counts."""
+    from numpyvae.training import _exploded
+    assert not _exploded(-130.0, -100.0) and not _exploded(-1000.0, -100.0)
+    assert _exploded(-1101.0, -100.0) and _exploded(-1e10, -540.0)
+    assert not _exploded(-5.0, 0.5) and _exploded(-11.0, 0.5)
+
+
 # ---------------------------------------------------------------------------- run directories
 
 def test_create_run_dir_never_reuses_a_name(tmp_path):
