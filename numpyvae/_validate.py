@@ -155,3 +155,51 @@ def float_dtype(dtype):
     if d not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be np.float32 or np.float64; got {dtype!r}")
     return d
+
+
+def array_mismatches(expected, found, noun="array", check_values=None):
+    """Every way the arrays ``found`` fail to match ``expected``, as a list of messages (empty:
+    they match). The one report behind restoring saved arrays: optimiser state, checkpoints,
+    a run's parameters.
+
+    expected: {name: (shape, dtype)} or {name: template array}; found: {name: array-like}.
+    The messages, in this order (``noun`` names the entries, e.g. "array" or "parameter"):
+
+        missing arrays: ['dec.b']                            in expected, not in found
+        unexpected arrays: ['extra']                         in found, not in expected
+        array 'enc.W' cannot be read as an array (list)      np.asarray refuses it (ragged)
+        array 'enc.W' has shape (3, 4), expected (4, 3)
+        array 'enc.b' has dtype float32, expected float64    dtypes must match exactly: a cast
+                                                             would break bit-for-bit restoring
+
+    ``check_values(name, array)``, if given, runs on each array whose shape and dtype match and
+    returns its own messages (e.g. about NaN), so that one call lists every problem at once.
+    """
+    spec = {}
+    for name, item in expected.items():
+        shape, dtype = (item.shape, item.dtype) if hasattr(item, "shape") and hasattr(item, "dtype") else item
+        spec[name] = (tuple(shape), np.dtype(dtype))
+    problems = []
+    missing = [k for k in spec if k not in found]
+    unexpected = [k for k in found if k not in spec]
+    if missing:
+        problems.append(f"missing {noun}s: {missing}")
+    if unexpected:
+        problems.append(f"unexpected {noun}s: {unexpected}")
+    for name, (shape, dtype) in spec.items():
+        if name not in found:
+            continue
+        try:
+            arr = np.asarray(found[name])
+        except ValueError:          # e.g. ragged nested lists
+            problems.append(f"{noun} {name!r} cannot be read as an array ({type(found[name]).__name__})")
+            continue
+        wrong = []
+        if arr.shape != shape:
+            wrong.append(f"{noun} {name!r} has shape {arr.shape}, expected {shape}")
+        if arr.dtype != dtype:
+            wrong.append(f"{noun} {name!r} has dtype {arr.dtype}, expected {dtype}")
+        if not wrong and check_values is not None:
+            wrong = check_values(name, arr)
+        problems += wrong
+    return problems

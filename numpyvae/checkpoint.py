@@ -1,5 +1,4 @@
-"""
-Saving and loading checkpoints safely.
+"""Saving and loading checkpoints safely.
 
 The rules:
 
@@ -47,6 +46,7 @@ Example:
     arrays, meta = load_checkpoint("run/ckpt.npz")
 """
 
+import contextlib
 import io
 import json
 import math
@@ -59,6 +59,8 @@ import zipfile
 import zlib
 
 import numpy as np
+
+from ._validate import array_mismatches
 
 METADATA_KEY = "__metadata__"
 
@@ -97,18 +99,19 @@ def _current_umask():
 _UMASK = _current_umask()
 
 
-def atomic_write_bytes(path, data):
-    """
-    Write `data` (bytes) to `path` atomically: readers see the old file or the
-    complete new file, never a partial one.
+@contextlib.contextmanager
+def atomic_writer(path):
+    """A binary file that becomes `path` atomically when the block ends: readers see the old
+    file or the complete new file, never a partial one.
+
+        with atomic_writer(path) as f:
+            f.write(...)        # an exception here (Ctrl-C included) leaves `path` untouched
 
     How: write to a temporary file in the same directory (os.replace is only
     atomic within one filesystem), flush and fsync it so the bytes are on disk
     before the rename, then os.replace it onto `path`. If anything fails, the
     temporary file is removed and the exception re-raised; `path` is untouched.
     """
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f"data must be bytes, got {type(data).__name__}")
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp_path = tempfile.mkstemp(
@@ -116,11 +119,11 @@ def atomic_write_bytes(path, data):
     )
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         # mkstemp creates files readable only by us (0600); give the
-        # checkpoint the permissions an ordinary open() would have.
+        # file the permissions an ordinary open() would have.
         os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
     except BaseException:
@@ -132,8 +135,16 @@ def atomic_write_bytes(path, data):
     _fsync_directory(directory)
 
 
+def atomic_write_bytes(path, data):
+    """Write `data` (bytes) to `path` atomically (atomic_writer)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data must be bytes, got {type(data).__name__}")
+    with atomic_writer(path) as f:
+        f.write(data)
+
+
 def _temporary_name_pattern(path):
-    # atomic_write_bytes names its temporary file "." + basename + "." +
+    # atomic_writer names its temporary file "." + basename + "." +
     # random + ".tmp", where mkstemp's random part never contains a dot; so a
     # dot-free middle tells our temporaries from those of, say, "NAME.bak".
     base = os.path.basename(path)
@@ -141,8 +152,7 @@ def _temporary_name_pattern(path):
 
 
 def remove_stale_temporaries(path):
-    """
-    Delete the temporary files that atomic_write_bytes(path, ...) leaves
+    """Delete the temporary files that atomic_write_bytes(path, ...) leaves
     behind when its process is killed outright (kill -9, power cut) between
     creating and renaming them: regular files named `.BASENAME.XXXXXXXX.tmp`
     in the directory of `path`. Returns the list of paths removed.
@@ -209,8 +219,7 @@ _FILE_KINDS = (
 
 
 def open_regular_file(path, what="file"):
-    """
-    Open `path` for binary reading, refusing anything but a regular file.
+    """Open `path` for binary reading, refusing anything but a regular file.
 
     Returns an open binary file object (use it in a `with` block); its size
     is os.fstat(f.fileno()).st_size. Raises FileNotFoundError if `path` does
@@ -245,8 +254,7 @@ def open_regular_file(path, what="file"):
 
 
 def read_into(f, buffer):
-    """
-    Fill `buffer` (a writable bytes-like object, e.g. a uint8 array) from the
+    """Fill `buffer` (a writable bytes-like object, e.g. a uint8 array) from the
     binary file object `f`, in chunks of at most 1 MiB, stopping early at end
     of file. Returns the number of bytes read.
 
@@ -267,8 +275,7 @@ def read_into(f, buffer):
 
 
 def _check_json_safe(obj, where, depth=0):
-    """
-    Raise ValueError unless `obj` survives a JSON round trip unchanged
+    """Raise ValueError unless `obj` survives a JSON round trip unchanged
     (tuples aside, which come back as lists) and nests at most MAX_JSON_DEPTH
     lists/dicts deep, as the loader requires. `where` names the entry, e.g.
     "metadata['history'][3]", so the error says exactly what to fix.
@@ -318,8 +325,7 @@ _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 
 
 def _json_nesting_depth(text):
-    """
-    How deeply [ and { nest in the JSON `text` (0 for a bare scalar, 1 for
+    """How deeply [ and { nest in the JSON `text` (0 for a bare scalar, 1 for
     "[1, 2]"), ignoring brackets inside strings.
 
     A running sum (+1 per opening, -1 per closing bracket) instead of a
@@ -354,8 +360,7 @@ def _object_without_duplicate_keys(pairs):
 
 
 def _parse_strict_json(text):
-    """
-    json.loads for text we did not write ourselves: at most MAX_JSON_DEPTH
+    """json.loads for text we did not write ourselves: at most MAX_JSON_DEPTH
     deep, no NaN/Infinity/overflowing numbers, no repeated keys in an object
     (json.loads would silently keep the last). Raises ValueError.
     """
@@ -371,8 +376,7 @@ def _parse_strict_json(text):
 
 
 def atomic_write_json(path, obj):
-    """
-    Write `obj` as JSON (indent=2, sorted keys) to `path` atomically.
+    """Write `obj` as JSON (indent=2, sorted keys) to `path` atomically.
 
     Raises ValueError, before touching the file, if `obj` contains something
     JSON cannot store exactly: NaN/infinity, non-string dict keys, NumPy
@@ -385,8 +389,7 @@ def atomic_write_json(path, obj):
 
 
 def _npz_bytes(arrays):
-    """
-    Build the bytes of an .npz file (a zip of .npy files, one per array).
+    """Build the bytes of an .npz file (a zip of .npy files, one per array).
 
     This is what np.savez does, written out because np.savez(f, **arrays)
     misbehaves for some names: an array called "file" is a TypeError, and one
@@ -401,16 +404,13 @@ def _npz_bytes(arrays):
 
 
 def save_checkpoint(path, arrays, metadata):
-    """
-    Save arrays and JSON metadata to one .npz file at `path`, atomically.
+    """Save arrays and JSON metadata to one .npz file at `path`, atomically.
 
-    Inputs:
-    - path: file name; by convention ending in ".npz".
-    - arrays: dict {name: ndarray}. Names are non-empty strings and may
-      contain dots ("enc.h0.W"), but not slashes; "__metadata__" is reserved.
-      Any numeric/bool/string dtype is fine; object arrays are rejected
-      (they could only be stored by pickling).
-    - metadata: dict of JSON-safe values (see the module docstring).
+    path: the file name, by convention ending in ".npz". arrays: dict {name: array}, any
+    shapes; names are non-empty strings and may contain dots ("enc.h0.W") but not slashes, and
+    "__metadata__" is reserved; any numeric, bool or string dtype is fine, object arrays are
+    rejected (they could only be stored by pickling). metadata: dict of JSON-safe values (see
+    the module docstring).
 
     Everything is validated before anything is written; if validation or the
     write fails, an existing file at `path` is left exactly as it was.
@@ -471,18 +471,6 @@ def _latin1(text):
     return True
 
 
-def _normalise_expected(expected):
-    """{name: (shape, dtype) or template array} -> {name: (shape, dtype)}."""
-    spec = {}
-    for name, item in expected.items():
-        if hasattr(item, "shape") and hasattr(item, "dtype"):
-            spec[name] = (tuple(item.shape), np.dtype(item.dtype))
-        else:
-            shape, dtype = item
-            spec[name] = (tuple(shape), np.dtype(dtype))
-    return spec
-
-
 class _Refused(ValueError):
     """A problem with a checkpoint file that the reader found and described
     itself (as opposed to an error raised inside zipfile or NumPy)."""
@@ -509,8 +497,7 @@ _NPY_HEADER_READERS = {  # .npy version -> (format of the header length, parser)
 
 
 def _zip_directory_size(f, file_size):
-    """
-    The size in bytes of the central directory that zipfile.ZipFile(f) will
+    """The size in bytes of the central directory that zipfile.ZipFile(f) will
     read, or None if f has no end record (zipfile then says "not a zip file").
 
     Why: ZipFile turns every directory entry (46 bytes or more) into a
@@ -571,8 +558,7 @@ def _check_members(infos):
 
 
 def _read_npy_header(member, name):
-    """
-    Read and check the .npy header at the start of a zip member, reading
+    """Read and check the .npy header at the start of a zip member, reading
     exactly the header and nothing after it.
 
     Returns (shape, fortran_order, dtype, header_size). We read the header's
@@ -607,8 +593,7 @@ def _read_npy_header(member, name):
 
 
 def _read_member(zf, info):
-    """
-    One zip member -> a fresh ndarray, reading no more than its declared size.
+    """One zip member -> a fresh ndarray, reading no more than its declared size.
 
     The .npy header states the shape and dtype; their product must equal the
     bytes the zip directory declares for the data, so a header claiming 1e12
@@ -685,31 +670,23 @@ def _parse_metadata(meta_arr, path):
 
 
 def load_checkpoint(path, expected=None):
-    """
-    Load a checkpoint written by save_checkpoint.
+    """Load a checkpoint written by save_checkpoint.
 
-    Inputs:
-    - path: the .npz file.
-    - expected: optional dict {name: (shape, dtype)} or {name: template
-      ndarray}. If given, the checkpoint must hold exactly these arrays with
-      these shapes and dtypes.
-
-    Returns (arrays, metadata): a dict {name: ndarray} of ordinary in-memory
-    arrays (the file is closed), and the metadata dict, whose floats are all
-    finite.
+    path: the .npz file. expected: None, or {name: (shape, dtype)} or {name: template array}:
+    the checkpoint must then hold exactly these arrays with these shapes and dtypes.
+    Returns (arrays, metadata): a dict {name: array} of ordinary in-memory arrays (the file is
+    closed), and the metadata dict, whose floats are all finite.
 
     Memory: at most MAX_CHECKPOINT_BYTES for the arrays, whatever the file
     claims (rule 4 of the module docstring), plus a 1 MiB read buffer.
 
-    Raises:
-    - FileNotFoundError if `path` does not exist.
-    - ValueError, naming the file, if it is not a readable .npz checkpoint
-      (not a regular file, not a zip, truncated, corrupt, over a size limit,
-      crafted: encrypted or oddly compressed members, duplicate names, .npy
-      headers that disagree with the zip directory, pickled objects), has no
-      or invalid metadata (not JSON, NaN or infinity, too deeply nested), or
-      does not match `expected`. For `expected`, all missing, unexpected,
-      wrong-shape and wrong-dtype arrays are listed in one message.
+    Raises FileNotFoundError if `path` does not exist, and ValueError, naming the file, if it
+    is not a readable .npz checkpoint (not a regular file, not a zip, truncated, corrupt, over
+    a size limit, crafted: encrypted or oddly compressed members, duplicate names, .npy
+    headers that disagree with the zip directory, pickled objects), has no or invalid
+    metadata (not JSON, NaN or infinity, too deeply nested), or does not match `expected`:
+    then every missing, unexpected, wrong-shape and wrong-dtype array is listed in one
+    message (_validate.array_mismatches).
     """
     path = os.fspath(path)
 
@@ -761,21 +738,7 @@ def load_checkpoint(path, expected=None):
     metadata = _parse_metadata(arrays.pop(METADATA_KEY), path)
 
     if expected is not None:
-        problems = []
-        spec = _normalise_expected(expected)
-        missing = [k for k in spec if k not in arrays]
-        unexpected = [k for k in arrays if k not in spec]
-        if missing:
-            problems.append(f"missing arrays: {missing}")
-        if unexpected:
-            problems.append(f"unexpected arrays: {unexpected}")
-        for name, (shape, dtype) in spec.items():
-            if name not in arrays:
-                continue
-            if arrays[name].shape != shape:
-                problems.append(f"{name!r} has shape {arrays[name].shape}, expected {shape}")
-            if arrays[name].dtype != dtype:
-                problems.append(f"{name!r} has dtype {arrays[name].dtype}, expected {dtype}")
+        problems = array_mismatches(expected, arrays)
         if problems:
             raise ValueError(
                 f"checkpoint {path!r} does not match what was expected:\n  "
@@ -789,8 +752,7 @@ def load_checkpoint(path, expected=None):
 
 
 def rng_state_to_json(rng):
-    """
-    The state of an np.random.Generator as a JSON-safe dict.
+    """The state of an np.random.Generator as a JSON-safe dict.
 
     A Generator keeps all its state in its bit generator, so saving
     rng.bit_generator.state is enough to reproduce the random stream exactly.

@@ -29,25 +29,28 @@ import numpy as np
 from . import __version__
 from .checkpoint import atomic_write_json
 from .data import DATASET_NAMES, load_dataset
-from .distributions import DECODER_MEANS, LIKELIHOODS
-from .estimators import BASELINES
+from .distributions import DECODER_MEANS, LIKELIHOODS, POSTERIORS
+from .estimators import BASELINES, ESTIMATORS
 from .layers import ACTIVATIONS
 from .conditional import ConditionalVAE
-from .model import ESTIMATORS, POSTERIORS, VAE
+from .model import DEFAULT_ACTIVATION, DEFAULT_HIDDEN_DIMS, DEFAULT_LATENT_DIM, VAE
 from .training import (BINARIZE_MODES, CHECKPOINT, TrainConfig, TrainingDiverged, create_run_dir,
                        estimate_parameters, evaluate_elbo, fixed_test_noise, history_table, load_run, new_run,
-                       prepare_pixels, run_files, run_lock, train, LOCK_FILE)
+                       labels_for, prepare_pixels, run_files, run_lock, train, LOCK_FILE)
 
 RUNS_DIR = "runs"
 
 # Defaults of `numpyvae train`: chosen so that a bare `numpyvae train` finishes well within three
-# minutes on a 2-core laptop (19 s measured on an idle one) and its prior samples are recognisable digits.
+# minutes on a 2-core laptop (8 s measured on an idle one) and its prior samples are recognisable digits.
 # The Gaussian likelihoods' defaults suit the pixels every run trains on, grey values in [0, 1]: a
 # sigmoid mean and a floor of 0.05 on a learned standard deviation (the measurements behind them:
 # docs/distributions.md, section 4).
-DEFAULTS = dict(dataset="mnist-mini", epochs=20, latent_dim=20, hidden=[400], activation="relu",
-                likelihood="bernoulli", decoder_mean="sigmoid", obs_std_min=0.05, batch_size=128, lr=1e-3,
-                samples=1, binarize="none", seed=0, dtype="float32", optimizer="adam", beta=1.0, warmup=0.0)
+_TRAIN = TrainConfig()    # the trainer's defaults, and the model's (numpyvae.model): one default run
+DEFAULTS = dict(dataset="mnist-mini", epochs=_TRAIN.epochs, latent_dim=DEFAULT_LATENT_DIM,
+                hidden=list(DEFAULT_HIDDEN_DIMS), activation=DEFAULT_ACTIVATION, likelihood="bernoulli",
+                decoder_mean="sigmoid", obs_std_min=0.05, batch_size=_TRAIN.batch_size, lr=_TRAIN.lr,
+                samples=_TRAIN.n_samples, binarize=_TRAIN.binarize, seed=_TRAIN.seed, dtype="float32",
+                optimizer=_TRAIN.optimizer, beta=_TRAIN.beta, warmup=_TRAIN.warmup_epochs)
 
 # At most this many images in one figure of `sample` / `reconstruct`: 1024 prior samples make a
 # 32 x 32 grid of 28-pixel digits that can still be read; beyond, a grid turns into moire.
@@ -232,7 +235,7 @@ def build_parser():
     est = command(
         "estimators", help="measure the variance of every gradient estimator and train with each",
         formatter_class=_RawHelpFormatter,
-        description="The gradient-estimator lab (numpyvae.estimator_lab) on mnist-mini.\n\n"
+        description="The gradient-estimator lab (numpyvae.lab.estimator_lab) on mnist-mini.\n\n"
                     "Measures the encoder gradient of one fixed minibatch (the first 100 test digits) R times\n"
                     "under each setting: reparam, stl, score (REINFORCE), score+ema, score+loo (L >= 2 only),\n"
                     "score+learned, blocked. Then trains one VAE per estimator with the same seed.\n\n"
@@ -448,23 +451,18 @@ def _test_pixels(run, dataset):
     return x_test
 
 
-def _labels(run, y):
-    """The labels argument a conditional model's methods need, or nothing for a plain VAE."""
-    return (y,) if isinstance(run.model, ConditionalVAE) else ()
-
-
 def _write_figures(run, dataset, run_dir, seed=0):
     # matplotlib is only imported when figures are drawn
-    from .plotting import plot_class_grid, plot_reconstructions, plot_training_curves, write_all_figures
+    from .lab.plotting import plot_class_grid, plot_reconstructions, plot_training_curves, write_all_figures
     x_test = _test_pixels(run, dataset)
     rng = np.random.default_rng(seed)
     with _writing(f"the figures into {run_dir}"):
-        if not isinstance(run.model, ConditionalVAE):
+        if not run.model.cond_dim:          # a plain VAE; a conditional one draws its class grid
             return write_all_figures(run.model, x_test, dataset.y_test, run.history, run_dir, rng,
                                      image_shape=dataset.image_shape)
         x, y = x_test[:10], dataset.y_test[:10]
         return {"curves": plot_training_curves(run.history, os.path.join(run_dir, "curves.png")),
-                "reconstructions": plot_reconstructions(x, run.model.reconstruct(x, y),
+                "reconstructions": plot_reconstructions(x, run.model.reconstruct(x, y=y),
                                                         os.path.join(run_dir, "reconstructions.png")),
                 "class_grid": plot_class_grid(run.model, os.path.join(run_dir, "class_grid.png"), rng,
                                               image_shape=dataset.image_shape)}
@@ -643,15 +641,13 @@ def _evaluate(run, x_test, K, run_dir, seed, limit=None, y_test=None):
     if limit is not None:
         x_test = x_test[:limit]
     start = time.perf_counter()
-    # Labels go to a conditional model only; a plain VAE's encoder does not read them.
-    y_test = y_test[:len(x_test)] if isinstance(run.model, ConditionalVAE) else None
+    y_test = labels_for(run.model, y_test, slice(len(x_test)))
     elbo = evaluate_elbo(run.model, x_test, fixed_test_noise(run.model, x_test.shape[0], run.config.seed), y=y_test)
     rng = np.random.default_rng(seed)
-    ll = np.concatenate([run.model.log_likelihood(x_test[i:i + 100], *_labels(run, None if y_test is None else
-                                                                          y_test[i:i + 100]),
-                                                  n_importance=K, rng=rng)
+    ll = np.concatenate([run.model.log_likelihood(x_test[i:i + 100], n_importance=K, rng=rng,
+                                                  y=labels_for(run.model, y_test, slice(i, i + 100)))
                          for i in range(0, x_test.shape[0], 100)]).astype(np.float64)
-    from .diagnostics import active_units
+    from .lab.diagnostics import active_units
     n_active, unit_var = active_units(run.model, x_test, y=y_test)
     result = {"epoch": run.epoch, "n_test": int(x_test.shape[0]), "test_elbo": elbo["elbo"],
               "kl_per_dim": elbo["kl_per_dim"], "active_units": n_active,
@@ -683,13 +679,13 @@ def cmd_evaluate(args):
 
 
 def cmd_sample(args):
-    from .plotting import plot_image_grid
+    from .lab.plotting import plot_image_grid
     run_dir = _resolve_run(args.run)
     path = args.out or os.path.join(run_dir, f"sample-n{args.n}-seed{args.seed}.png")
     _check_output_file(path)
     run = load_run(run_dir)
     rng = np.random.default_rng(args.seed)
-    if isinstance(run.model, ConditionalVAE):   # labels 0, 1, ..., cycling: one row per style
+    if run.model.cond_dim:          # a conditional model: labels 0, 1, ..., cycling, one row per style
         images = run.model.sample(np.arange(args.n) % run.model.n_classes, rng)
         nrow = run.model.n_classes
     else:
@@ -701,14 +697,14 @@ def cmd_sample(args):
 
 
 def cmd_reconstruct(args):
-    from .plotting import plot_reconstructions
+    from .lab.plotting import plot_reconstructions
     run_dir = _resolve_run(args.run)
     path = args.out or os.path.join(run_dir, f"reconstruct-n{args.n}.png")
     _check_output_file(path)
     run = load_run(run_dir)
     dataset = _dataset_for(run.data)
     x = _test_pixels(run, dataset)[:args.n]
-    rec = run.model.reconstruct(x, *_labels(run, dataset.y_test[:args.n] if dataset.y_test is not None else None))
+    rec = run.model.reconstruct(x, y=labels_for(run.model, dataset.y_test, slice(args.n)))
     with _writing(path):
         plot_reconstructions(x, rec, path, n=args.n)
     print(f"wrote {path} ({len(x)} test digits above their reconstructions)")
@@ -727,7 +723,7 @@ def cmd_plot(args):
 
 
 def cmd_estimators(args):
-    from .estimator_lab import run_lab  # matplotlib is only imported when the lab runs
+    from .lab.estimator_lab import run_lab  # matplotlib is only imported when the lab runs
     hidden = None if args.hidden is None else tuple(args.hidden)
     if hidden is None and not args.quick:
         hidden = tuple(DEFAULTS["hidden"])
@@ -757,7 +753,7 @@ def _parse_noise(text):
 
 
 def cmd_autoencoders(args):
-    from .autoencoder import compare_autoencoders
+    from .lab.autoencoders import compare_autoencoders
     noise = _parse_noise(args.noise)
     vae = load_run(_resolve_run(args.vae)).model if args.vae else None
     out, _ = _out_dir(args.out, "autoencoders")

@@ -18,7 +18,7 @@ gradient that belongs to the label is simply dropped (labels are not learned).
 import numpy as np
 
 from . import _validate as check
-from .model import VAE
+from .model import DEFAULT_ACTIVATION, DEFAULT_HIDDEN_DIMS, DEFAULT_LATENT_DIM, VAE
 
 __all__ = ["ConditionalVAE", "one_hot"]
 
@@ -37,15 +37,17 @@ def one_hot(y, n_classes, dtype=np.float32):
 
 class ConditionalVAE(VAE):
     """A VAE conditioned on a class label. Same arguments as VAE plus ``n_classes``; every
-    method takes the labels ``y`` (B,) after ``x`` (or after ``z`` for decode).
+    method takes the labels as ``y=`` (B,) integers, e.g. ``model.elbo(x, y=labels, rng=rng)``.
 
     Parameter names are the VAE's; only the first layers are wider: "enc.h0.W" is
-    (D + n_classes, H0) and "dec.h0.W" is (Z + n_classes, H_last).
+    (D + n_classes, H0) and "dec.h0.W" is (Z + n_classes, H_last). What differs from the VAE is
+    only where the condition comes from (``_condition``: one-hot rows of y, which every pass
+    appends to both networks' inputs) and what a prior sample needs (a label for each).
     """
 
-    def __init__(self, input_dim, n_classes=10, hidden_dims=(400,), latent_dim=20, likelihood="bernoulli",
-                 obs_var=1.0, activation="tanh", seed=0, dtype=np.float32, posterior="diag",
-                 decoder_mean="identity", obs_std_min=None):
+    def __init__(self, input_dim, n_classes=10, hidden_dims=DEFAULT_HIDDEN_DIMS, latent_dim=DEFAULT_LATENT_DIM,
+                 likelihood="bernoulli", obs_var=1.0, activation=DEFAULT_ACTIVATION, seed=0, dtype=np.float32,
+                 posterior="diag", decoder_mean="identity", obs_std_min=None):
         self.n_classes = check.check_positive_int(n_classes, "n_classes")
         self.cond_dim = self.n_classes     # read by VAE.__init__ to widen the first layers
         super().__init__(input_dim, hidden_dims, latent_dim, likelihood, obs_var, activation, seed, dtype,
@@ -56,33 +58,13 @@ class ConditionalVAE(VAE):
         return {**super().config, "n_classes": self.n_classes}
 
     def _condition(self, y, batch):
+        """One-hot rows (batch, n_classes) of the labels y: Eq. (E8), docs/elbo.md."""
+        if y is None:
+            raise ValueError("a ConditionalVAE needs the class labels: pass y=... (integers, one per row)")
         c = one_hot(y, self.n_classes, self.dtype)
         if c.shape[0] != batch:
             raise ValueError(f"y has {c.shape[0]} labels but the batch has {batch} rows")
         return c
-
-    def encode(self, x, y):
-        x = self._check_x(x)
-        q = self._encode(x, self._condition(y, x.shape[0]))
-        return q["mu"], q["logvar"]
-
-    def decode(self, z, y):
-        z = check.as_batch(z, self.latent_dim, self.dtype, "z")
-        return self.likelihood.mean(self._decode_outputs(z, self._condition(y, z.shape[0])))
-
-    def decoder_outputs(self, z, y):
-        z = check.as_batch(z, self.latent_dim, self.dtype, "z")
-        return self._decode_outputs(z, self._condition(y, z.shape[0]))
-
-    def log_p_x_given_z(self, x, z, y):
-        """log p(x | z, y): (L, B) for x (B, D), z (L, B, Z) and labels y (B,)."""
-        x = self._check_x(x)
-        B = x.shape[0]
-        return self._decode_log_prob(x, self._check_codes(z, B), self._condition(y, B))[1]
-
-    def reconstruct(self, x, y):
-        mu, _ = self.encode(x, y)
-        return self.decode(mu, y)
 
     def sample(self, y, rng):
         """One prior sample z ~ N(0, I) per label in y, decoded with that label: (len(y), D)."""
@@ -90,45 +72,7 @@ class ConditionalVAE(VAE):
         if c.shape[0] == 0:
             raise ValueError("y must hold at least one label")
         z = check.check_rng(rng).standard_normal((c.shape[0], self.latent_dim), dtype=self.dtype)
-        return self.likelihood.mean(self._decode_outputs(z, c))
-
-    def elbo_terms(self, x, y, eps=None, n_samples=1, rng=None):
-        """Per-datapoint {"elbo", "rec", "kl"} of the conditional model.   Eq. (E8), docs/elbo.md"""
-        x = self._check_x(x)
-        return self._elbo_terms(x, self._condition(y, x.shape[0]), eps, n_samples, rng)
-
-    def elbo(self, x, y, eps=None, n_samples=1, rng=None):
-        return self.elbo_terms(x, y, eps=eps, n_samples=n_samples, rng=rng)["elbo"]
-
-    def loss_and_grads(self, x, y, eps=None, n_samples=1, rng=None, estimator="reparam", beta=1.0,
-                       return_terms=False, baseline=None):
-        """The loss -(ELBO) of Eq. (E8), docs/elbo.md, with beta on the KL, and its gradients."""
-        x = self._check_x(x)
-        return self._loss_and_grads(x, self._condition(y, x.shape[0]), eps, n_samples, rng, estimator, beta,
-                                    return_terms, baseline)
-
-    def log_likelihood(self, x, y, n_importance=1000, rng=None, chunk_size=None):
-        """Importance-weighted estimate of log p(x | y), shape (B,)."""
-        x = self._check_x(x)
-        return self._log_likelihood(x, self._condition(y, x.shape[0]), n_importance, rng, chunk_size)
-
-    def posterior_grads(self, x, y, eps=None, n_samples=1, rng=None, estimator="reparam", beta=1.0,
-                        baseline=None):
-        x = self._check_x(x)
-        _, dq, _ = self._loss_and_posterior_grads(x, self._condition(y, x.shape[0]), eps, n_samples, rng,
-                                                  estimator, beta, baseline)
-        B = x.shape[0]
-        return dq["mu"] * B, dq["logvar"] * B
-
-    def iwae_bound(self, x, y, k=5, eps=None, rng=None):
-        x = self._check_x(x)
-        eps = check.noise(eps, k, x.shape[0], self.latent_dim, rng, self.dtype, count_name="k")
-        log_w, _ = self._log_weights(x, self._condition(y, x.shape[0]), eps)
-        return self._log_mean_exp(log_w)
-
-    def iwae_loss_and_grads(self, x, y, k=5, eps=None, rng=None, return_terms=False):
-        x = self._check_x(x)
-        return self._iwae_loss_and_grads(x, self._condition(y, x.shape[0]), k, eps, rng, return_terms)
+        return self.likelihood.mean(self._decode(z, c))
 
     def class_grid(self, z, classes=None):
         """Decode every code in z (N, Z) with every class: (N, n_classes, D). Row i holds one
@@ -137,4 +81,4 @@ class ConditionalVAE(VAE):
         classes = np.arange(self.n_classes) if classes is None else np.asarray(classes)
         zz = np.repeat(z, len(classes), axis=0)
         yy = np.tile(classes, z.shape[0])
-        return self.decode(zz, yy).reshape(z.shape[0], len(classes), self.input_dim)
+        return self.decode(zz, y=yy).reshape(z.shape[0], len(classes), self.input_dim)

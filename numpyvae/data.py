@@ -28,7 +28,6 @@ import http.client
 import math
 import os
 import struct
-import tempfile
 import urllib.request
 import zlib
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ._validate import check_finite_number, check_positive_int, check_rng, float_dtype
-from .checkpoint import open_regular_file, read_into
+from .checkpoint import atomic_writer, open_regular_file, read_into
 
 __all__ = [
     "Dataset", "load_dataset", "DATASET_NAMES",
@@ -140,29 +139,19 @@ def _read_idx_stream(f, path, ndim, file_size, hint):
 def read_idx(path, ndim=None):
     """Read one IDX file (raw or gzip-compressed) into a uint8 array.
 
-    Parameters
-    ----------
-    path : str or os.PathLike
-        A regular file. Gzip is recognised by the content (the magic bytes 1f 8b), not the
-        name, so a gzip file saved without ``.gz`` (browsers do that) still works.
-    ndim : int or None
-        If given, the file must declare exactly this many dimensions (3 for an image
-        file, 1 for a label file).
-
-    Returns
-    -------
-    A fresh, writable ``np.ndarray`` of dtype uint8 with the shape stored in the file,
-    e.g. (10000, 28, 28) for MNIST test images or (10000,) for its labels.
+    path: a regular file (str or os.PathLike). Gzip is recognised by the content (the magic
+    bytes 1f 8b), not the name, so a gzip file saved without ``.gz`` (browsers do that) still
+    works. ndim: None, or the number of dimensions the file must declare (3 for an image file,
+    1 for a label file). Returns a fresh, writable uint8 array with the shape stored in the
+    file, e.g. (10000, 28, 28) for MNIST test images or (10000,) for its labels.
 
     Memory: the returned array and a 1 MiB read buffer. The header is checked before any
     data is read, and a header declaring more than ``MAX_IDX_BYTES`` (512 MiB) is refused.
 
-    Raises
-    ------
-    FileNotFoundError if ``path`` does not exist. ValueError, naming the file and what was
-    expected vs found, if it is not a regular file, the magic number is wrong, the dtype
-    code is not 0x08 (uint8), the header declares more than ``MAX_IDX_BYTES``, the data is
-    shorter or longer than the header says, or the gzip stream is corrupt.
+    Raises FileNotFoundError if ``path`` does not exist, and ValueError, naming the file and
+    what was expected vs found, if it is not a regular file, the magic number is wrong, the
+    dtype code is not 0x08 (uint8), the header declares more than ``MAX_IDX_BYTES``, the data
+    is shorter or longer than the header says, or the gzip stream is corrupt.
     """
     path = Path(path)
     with open_regular_file(path, "IDX file") as f:
@@ -374,47 +363,32 @@ DOWNLOAD_TIMEOUT = 60  # seconds without data before a mirror counts as failed
 def _fetch_verified(url, final_path, n_bytes, md5, opener):
     """Download ``url`` into ``final_path``, all or nothing.
 
-    The bytes go to a temporary file in the same folder, are checked against the
-    expected size and md5, and only then renamed to the final name with ``os.replace``
-    (atomic on one file system). Whatever goes wrong, including Ctrl-C, the temporary
-    file is removed, so a half-written file never sits under the final name.
+    The bytes go through checkpoint.atomic_writer: they are checked against the expected size
+    and md5 before the block ends, and a failed check, like any error or Ctrl-C, discards them,
+    so a half-written or wrong file never sits under the final name.
     """
-    fd, tmp_name = tempfile.mkstemp(dir=final_path.parent, prefix=final_path.name + ".",
-                                    suffix=".part")
-    try:
-        h, size = hashlib.md5(), 0
-        with os.fdopen(fd, "wb") as out, opener(url, timeout=DOWNLOAD_TIMEOUT) as response:
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                size += len(chunk)
-                if size > n_bytes:  # stop early rather than fill the disk with a wrong file
-                    raise ValueError(f"more than the expected {n_bytes} bytes")
-                h.update(chunk)
-                out.write(chunk)
+    h, size = hashlib.md5(), 0
+    with atomic_writer(final_path) as out, opener(url, timeout=DOWNLOAD_TIMEOUT) as response:
+        for chunk in iter(lambda: response.read(1 << 20), b""):
+            size += len(chunk)
+            if size > n_bytes:  # stop early rather than fill the disk with a wrong file
+                raise ValueError(f"more than the expected {n_bytes} bytes")
+            h.update(chunk)
+            out.write(chunk)
         if size != n_bytes:
             raise ValueError(f"got {size} bytes, expected {n_bytes}")
         if h.hexdigest() != md5:
             raise ValueError(f"md5 {h.hexdigest()}, expected {md5}")
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; a cache file may be shared
-        os.replace(tmp_name, final_path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def download_mnist(cache_dir, base_urls=DEFAULT_MIRRORS, opener=urllib.request.urlopen, log=None):
     """Download the four full-MNIST gzip files into ``cache_dir`` and verify them.
 
-    Parameters
-    ----------
-    cache_dir : str or os.PathLike, created if needed.
-    base_urls : mirrors tried in order; each is a folder URL the file names are appended to
-        (``file://`` URLs work too, which is how the tests run offline).
-    opener : called as ``opener(url, timeout=seconds)``, must return a context manager with
-        ``read(n)``; ``urllib.request.urlopen`` by default.
-    log : optional callable taking one short message per file (e.g. ``print``).
+    cache_dir: a folder (str or os.PathLike), created if needed. base_urls: mirrors tried in
+    order; each is a folder URL the file names are appended to (``file://`` URLs work too,
+    which is how the tests run offline). opener: called as ``opener(url, timeout=seconds)``, it
+    must return a context manager with ``read(n)``; ``urllib.request.urlopen`` by default.
+    log: None, or a callable taking one short message per file (e.g. ``print``).
 
     A file already present with the right md5 is not fetched again; one with the wrong
     md5 is replaced. Each download is checked against the published size and md5

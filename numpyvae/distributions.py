@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from . import _validate as check
-from .layers import sigmoid, softplus, softplus_and_sigmoid
+from .numerics import sigmoid, softplus, softplus_and_sigmoid
 
 __all__ = [
     "LOG_2PI",
@@ -32,6 +32,7 @@ __all__ = [
     "sigmoid_mean_grad",
     "BernoulliLikelihood", "GaussianLikelihood", "GaussianLearnedLikelihood",
     "make_likelihood", "LIKELIHOODS", "DECODER_MEANS", "LOGVAR_RANGE",
+    "DiagonalGaussianPosterior", "FullGaussianPosterior", "make_posterior", "POSTERIORS",
 ]
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -277,7 +278,7 @@ def bernoulli_log_likelihood_and_grad(x, logits):
         log p(x|z) = sum_j [ x_j * logits_j - softplus(logits_j) ],   d/dlogits = x - sigmoid(logits)
 
     Equal (bit for bit) to bernoulli_log_likelihood and bernoulli_log_likelihood_grad; the training
-    step uses it because softplus and sigmoid share exp(-|logits|) (numpyvae.layers.softplus_and_sigmoid).
+    step uses it because softplus and sigmoid share exp(-|logits|) (numpyvae.numerics.softplus_and_sigmoid).
     """
     sp, sig = softplus_and_sigmoid(logits)
     np.subtract(x, sig, out=sig)
@@ -515,3 +516,78 @@ def normalized_importance_weights(log_w, axis=0):
     m = np.max(log_w, axis=axis, keepdims=True)
     e = np.exp(log_w - m)
     return e / np.sum(e, axis=axis, keepdims=True)
+
+
+# ---------------------------------------------------------------------------
+# Posterior families: what q(z|x) is, given the encoder's heads.
+#
+# Each family names its encoder heads and their widths, samples z from the noise eps, takes the
+# adjoint of that sampling, and gives the KL to the prior N(0, I) and its gradient. The model and
+# the estimators (numpyvae.estimators) use only these methods, so a family is one object, like a
+# likelihood. ``estimators`` lists the gradient estimators the family supports.
+# ---------------------------------------------------------------------------
+
+class DiagonalGaussianPosterior:
+    """q(z|x) = N(mu, diag(exp(logvar))): encoder heads "mu" and "logvar", each (B, Z)."""
+
+    name = "diag"
+    estimators = ("reparam", "score", "blocked", "stl")
+
+    def __init__(self, latent_dim):
+        self.head_widths = {"mu": latent_dim, "logvar": latent_dim}
+
+    def sample(self, q, eps):
+        """z (L, B, Z) = mu + exp(logvar/2) eps.   Eq. (R1), docs/reparameterization.md"""
+        return reparameterize(q["mu"], q["logvar"], eps)
+
+    def sample_backward(self, q, eps, dz):
+        """d loss / d each head from d loss / dz (L, B, Z).   Eq. (R2), docs/reparameterization.md"""
+        dmu, dlogvar = reparameterize_backward(dz, q["logvar"], eps)
+        return {"mu": dmu, "logvar": dlogvar}
+
+    def kl(self, q):
+        """KL(q || N(0, I)) per datapoint, (B,).   Eq. (K2), docs/kl.md"""
+        return kl_diag_gaussian_standard(q["mu"], q["logvar"])
+
+    def kl_grad(self, q):
+        """d KL / d each head, (B, Z).   Eq. (K3), docs/kl.md"""
+        dmu, dlogvar = kl_diag_gaussian_standard_grad(q["mu"], q["logvar"])
+        return {"mu": dmu, "logvar": dlogvar}
+
+
+class FullGaussianPosterior(DiagonalGaussianPosterior):
+    """q(z|x) = N(mu, L L^T) with L = diag(exp(logvar/2)) + T: heads "mu", "logvar" (B, Z) and
+    "tril" (B, Z(Z-1)/2), the strictly lower entries of T. Eqs. (F1)-(F3), docs/kl.md."""
+
+    name = "full"
+    estimators = ("reparam", "blocked")
+
+    def __init__(self, latent_dim):
+        self.head_widths = {"mu": latent_dim, "logvar": latent_dim, "tril": latent_dim * (latent_dim - 1) // 2}
+
+    def sample(self, q, eps):
+        """z (L, B, Z) = mu + L eps.   Eq. (F1), docs/kl.md"""
+        return reparameterize_full(q["mu"], q["logvar"], q["tril"], eps)
+
+    def sample_backward(self, q, eps, dz):
+        """d loss / d each head from d loss / dz (L, B, Z).   Eq. (F2), docs/kl.md"""
+        dmu, dlogvar, dtril = reparameterize_full_backward(dz, q["logvar"], q["tril"], eps)
+        return {"mu": dmu, "logvar": dlogvar, "tril": dtril}
+
+    def kl(self, q):
+        """KL(q || N(0, I)) per datapoint, (B,).   Eq. (F3), docs/kl.md"""
+        return kl_full_gaussian_standard(q["mu"], q["logvar"], q["tril"])
+
+    def kl_grad(self, q):
+        """d KL / d each head: the diagonal ones (Eq. (K3)) and d KL / d T_ij = T_ij.   Eq. (F3), docs/kl.md"""
+        return {**super().kl_grad(q), "tril": q["tril"].copy()}
+
+
+POSTERIORS = {"diag": DiagonalGaussianPosterior, "full": FullGaussianPosterior}
+
+
+def make_posterior(name, latent_dim):
+    """The posterior family for a name in POSTERIORS ("diag" or "full")."""
+    if not isinstance(name, str) or name not in POSTERIORS:
+        raise ValueError(f"unknown posterior {name!r}; expected one of {list(POSTERIORS)}")
+    return POSTERIORS[name](latent_dim)

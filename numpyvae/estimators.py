@@ -1,4 +1,4 @@
-"""Gradient estimators for the encoder's share of the ELBO's data term, and baselines.
+"""Gradient estimators: how the loss's gradient reaches the posterior's parameters, and baselines.
 
 For q_phi(z|x) = N(mu, diag(sigma^2)), sigma = exp(logvar / 2), and a per-sample signal
 f(z) = log p(x|z), the encoder needs  d/d(mu, logvar) E_q[f(z)].  Three ways
@@ -16,20 +16,118 @@ f(z) = log p(x|z), the encoder needs  d/d(mu, logvar) E_q[f(z)].  Three ways
   ELBO in its Monte Carlo entropy form, f + log p(z) - log q(z|x), differentiated along the
   path z(phi, eps) only, with the score term of log q dropped (its expectation is zero).
 
-The functions here return the gradient of the *loss* (minus the objective, averaged over
-the batch), so their outputs add directly to the KL term's gradient in VAE.loss_and_grads.
+Every estimator is a function with one signature, registered in ESTIMATORS:
+
+    dq = estimator(posterior, sample, dz, beta, baseline)
+
+``posterior`` is the model's posterior family (numpyvae.distributions.DiagonalGaussianPosterior
+or FullGaussianPosterior), ``sample`` the forward pass (a ForwardPass: x, q, eps, z, log_px),
+``dz`` = d loss / dz from the decoder's backward pass, and the result maps each encoder head
+("mu", "logvar"[, "tril"]) to d loss / d head, the KL term's share (times beta) included. These are
+gradients of the *loss* (minus the objective, averaged over the batch), so VAE.loss_and_grads
+sends them straight into the encoder's backward pass.
+
+A baseline is an object with ``value(x, f)`` (the baseline for the signals f (L, B) of the
+batch x, never using sample l's own signal for sample l) and ``observe(x, f)`` (learn from the
+signals afterwards): LeaveOneOutBaseline, EMABaseline, LearnedBaseline, or one of your own.
 """
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from ._validate import check_finite_number, check_nonnegative_int
-from .layers import MLP, Linear
+from .layers import MLP, Linear, named
 from .optim import Adam
 
-__all__ = ["diag_gaussian_score", "score_function_grad", "leave_one_out_baseline",
-           "stl_path_grad_z", "EMABaseline", "LearnedBaseline", "BASELINES", "make_baseline",
+__all__ = ["ForwardPass", "reparameterization", "score_function", "blocked", "sticking_the_landing",
+           "ESTIMATORS", "choose_estimator",
+           "diag_gaussian_score", "score_function_grad", "leave_one_out_baseline", "stl_path_grad_z",
+           "LeaveOneOutBaseline", "EMABaseline", "LearnedBaseline", "BASELINES", "make_baseline",
            "check_baseline"]
 
+
+@dataclass
+class ForwardPass:
+    """What an estimator reads of a forward pass of a batch of B datapoints with L samples each:
+    x (B, D); q, the posterior's parameters {"mu": (B, Z), "logvar": (B, Z)[, "tril"]}; the noise
+    eps (L, B, Z); the codes z (L, B, Z); log_px = log p(x_b | z_lb), shape (L, B)."""
+
+    x: np.ndarray
+    q: dict
+    eps: np.ndarray
+    z: np.ndarray
+    log_px: np.ndarray
+
+
+# ---------------------------------------------------------------------------
+# The estimators: d loss / d q for  loss = -1/B sum_b (1/L sum_l log p(x_b|z_lb) - beta KL_b).
+# ---------------------------------------------------------------------------
+
+def _plus_kl(dq, posterior, q, beta):
+    """dq plus beta times the gradient of the batch-mean analytic KL (the posterior's kl_grad)."""
+    B = q["mu"].shape[0]
+    for name, g in posterior.kl_grad(q).items():
+        dq[name] = dq[name] + (beta / B) * g
+    return dq
+
+
+def reparameterization(posterior, sample, dz, beta, baseline=None):
+    """Pathwise: the data term's gradient through z = mu + sigma eps (Eq. (R2),
+    docs/reparameterization.md; Eq. (F2), docs/kl.md for the full covariance), plus the KL's."""
+    return _plus_kl(posterior.sample_backward(sample.q, sample.eps, dz), posterior, sample.q, beta)
+
+
+def blocked(posterior, sample, dz, beta, baseline=None):
+    """No path from the data term to phi: only the KL term trains the encoder."""
+    return _plus_kl({name: np.zeros_like(v) for name, v in sample.q.items()}, posterior, sample.q, beta)
+
+
+def score_function(posterior, sample, dz, beta, baseline=None):
+    """REINFORCE: (f - b) d log q / d phi with f = log p(x|z), Eq. (S1), docs/estimators.md, plus the
+    KL's gradient. The baseline sees the signals first (value), then learns from them (observe)."""
+    f = sample.log_px
+    b = 0.0 if baseline is None else baseline.value(sample.x, f)
+    dmu, dlogvar = score_function_grad(f, sample.eps, sample.q["logvar"], b)
+    if baseline is not None:
+        baseline.observe(sample.x, f)
+    return _plus_kl({"mu": dmu, "logvar": dlogvar}, posterior, sample.q, beta)
+
+
+def sticking_the_landing(posterior, sample, dz, beta, baseline=None):
+    """Pathwise, with the ELBO in its Monte Carlo entropy form and the score term of log q dropped,
+    Eq. (T1), docs/estimators.md: the KL's path gradient in z (Eq. (T2)) joins the decoder's."""
+    L, B = sample.log_px.shape
+    dz_kl = stl_path_grad_z(sample.eps, sample.z, sample.q["logvar"], beta) * (1.0 / (L * B))
+    return posterior.sample_backward(sample.q, sample.eps, dz + dz_kl)
+
+
+# How the data term's gradient reaches the encoder (docs/estimators.md):
+#   reparam  through z = mu + sigma * eps                       (pathwise)
+#   score    (f(z) - b) * d log q / d phi, f = log p(x|z)        (REINFORCE), optional baseline
+#   blocked  not at all: only the KL term trains the encoder     (no reparameterization)
+#   stl      pathwise, with the ELBO in its Monte Carlo entropy form and the score term dropped
+ESTIMATORS = {"reparam": reparameterization, "score": score_function, "blocked": blocked,
+              "stl": sticking_the_landing}
+
+
+def choose_estimator(name, posterior, baseline=None):
+    """The estimator function registered under ``name``, after checking that the posterior family
+    supports it and that a baseline is only given to "score" (and is a baseline object)."""
+    if not isinstance(name, str) or name not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {name!r}; expected one of {list(ESTIMATORS)}")
+    if name not in posterior.estimators:
+        raise ValueError(f"posterior={posterior.name!r} supports estimator "
+                         f"{' or '.join(repr(e) for e in posterior.estimators)}; got {name!r}")
+    if baseline is not None and name != "score":
+        raise ValueError(f"a baseline only applies to estimator='score' (got estimator={name!r})")
+    check_baseline(baseline)
+    return ESTIMATORS[name]
+
+
+# ---------------------------------------------------------------------------
+# Their pieces for the diagonal Gaussian.
+# ---------------------------------------------------------------------------
 
 def diag_gaussian_score(eps, logvar):
     """d log q(z|x) / d(mu, logvar) at z = mu + sigma * eps.   Eq. (S2), docs/estimators.md
@@ -85,9 +183,29 @@ def stl_path_grad_z(eps, z, logvar, beta=1.0):
 
 
 # ---------------------------------------------------------------------------
-# Baselines with state. Each has value(x) -> baseline (scalar or (B,)) computed before the
-# sample is seen, and observe(x, f) to learn from the signal afterwards.
+# Baselines. Each has value(x, f) -> the baseline (a scalar, (B,) or (L, B)) for the signals
+# f (L, B), independent of sample l's own signal for sample l, and observe(x, f) to learn from
+# the signals afterwards; state() / load_state(state) for checkpoints.
 # ---------------------------------------------------------------------------
+
+class LeaveOneOutBaseline:
+    """b_lb = the mean of f over the other L - 1 samples of datapoint b (needs L >= 2).
+    Eq. (S4), docs/estimators.md. Stateless: it learns nothing."""
+
+    frozen = False
+
+    def value(self, x, f):
+        return leave_one_out_baseline(f)
+
+    def observe(self, x, f):
+        pass
+
+    def state(self):
+        return {"arrays": {}, "scalars": {"type": "loo"}}
+
+    def load_state(self, state):
+        pass
+
 
 class EMABaseline:
     """b = exponential moving average of the batch-mean signal:  b <- decay b + (1 - decay) mean(f).
@@ -98,7 +216,7 @@ class EMABaseline:
         self.mean = None        # no estimate before the first observation
         self.frozen = False
 
-    def value(self, x):
+    def value(self, x, f):
         return 0.0 if self.mean is None else self.mean
 
     def observe(self, x, f):
@@ -128,8 +246,7 @@ class LearnedBaseline:
         rng = np.random.default_rng(check_nonnegative_int(seed, "seed"))
         self.trunk = MLP((input_dim, hidden), activation, rng, dtype)
         self.head = Linear(hidden, 1, rng, dtype)
-        self.params = {f"trunk.{k}": v for k, v in self.trunk.named_params().items()}
-        self.params.update({f"head.{k}": v for k, v in self.head.params.items()})
+        self.params = named({"trunk": self.trunk, "head": self.head})
         self.optimizer = Adam(self.params, lr=lr)
         self.frozen = False
         self.shift = None  # running mean of fbar, so the net learns a residual of order one
@@ -144,11 +261,9 @@ class LearnedBaseline:
         loss = 0.5 * float(np.mean(r * r))
         dh = self.head.backward((r / r.shape[0])[:, None])
         self.trunk.backward(dh)
-        grads = {f"trunk.{k}": v for k, v in self.trunk.named_grads().items()}
-        grads.update({f"head.{k}": v for k, v in self.head.grads.items()})
-        return loss, grads
+        return loss, named({"trunk": self.trunk, "head": self.head}, "grads")
 
-    def value(self, x):
+    def value(self, x, f):
         return self.forward(x)
 
     def observe(self, x, f):
@@ -178,25 +293,25 @@ BASELINES = ("none", "ema", "loo", "learned")
 
 
 def check_baseline(baseline):
-    """``baseline`` as estimator="score" takes it: None, "loo", or an object with the methods
-    ``value(x)`` and ``observe(x, f)`` (EMABaseline, LearnedBaseline or one of your own).
-    ValueError for another string, TypeError naming ``baseline`` for anything else."""
+    """``baseline`` as estimator="score" takes it: None, or an object with the methods
+    ``value(x, f)`` and ``observe(x, f)`` (LeaveOneOutBaseline, EMABaseline, LearnedBaseline or one
+    of your own). TypeError naming ``baseline`` otherwise."""
     if baseline is None:
         return None
-    if isinstance(baseline, str):
-        if baseline != "loo":
-            raise ValueError(f"baseline must be None, 'loo' or a baseline object; got {baseline!r}")
-        return baseline
     if not (callable(getattr(baseline, "value", None)) and callable(getattr(baseline, "observe", None))):
-        raise TypeError(f"baseline must be None, 'loo' or an object with methods value(x) and observe(x, f) "
-                        f"(e.g. numpyvae.estimators.EMABaseline()); got {type(baseline).__name__}")
+        hint = " (a baseline is an object: make_baseline('loo') or LeaveOneOutBaseline())" \
+            if isinstance(baseline, str) else ""
+        raise TypeError(f"baseline must be None or an object with methods value(x, f) and observe(x, f) "
+                        f"(e.g. numpyvae.estimators.EMABaseline()); got {type(baseline).__name__}{hint}")
     return baseline
 
 
 def make_baseline(name, input_dim=None, seed=0, dtype=np.float32):
-    """A baseline by name: None for "none" and "loo" (stateless), else a stateful object."""
-    if name in ("none", "loo", None):
-        return None if name in ("none", None) else "loo"
+    """A baseline by name (TrainConfig.baseline): None for "none", else a baseline object."""
+    if name in ("none", None):
+        return None
+    if name == "loo":
+        return LeaveOneOutBaseline()
     if name == "ema":
         return EMABaseline()
     if name == "learned":

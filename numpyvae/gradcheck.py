@@ -108,7 +108,10 @@ def check_layer_backward(layer, x, dy=None, rng=None, h=1e-5):
     layer.forward(x)
     dx = layer.backward(dy)
     grads = {k: v.copy() for k, v in layer.grads.items()}
-    errors = {"x": rel_error(dx, numerical_gradient_array(layer.forward, x, dy, h))}
-    for name, p in layer.params.items():
-        errors[name] = rel_error(grads[name], numerical_gradient(lambda: np.sum(layer.forward(x) * dy), p, h))
+
+    def loss():
+        return np.sum(layer.forward(x) * dy)
+
+    errors = {"x": rel_error(dx, numerical_gradient(loss, x, h))}
+    errors.update(check_param_grads(loss, layer.params, grads, h))
     return errors

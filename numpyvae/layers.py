@@ -6,7 +6,9 @@ Every layer follows one small protocol (docs/backprop.md):
   backward pass will need;
 * ``dx = layer.backward(dy)`` takes the gradient of a scalar loss with respect to ``y``
   and returns the gradient with respect to ``x``. A layer with parameters also stores
-  the gradients of its parameters in ``layer.grads`` (same keys as ``layer.params``).
+  the gradients of its parameters in ``layer.grads`` (same keys as ``layer.params``);
+* ``named({prefix: layer}, "params" or "grads")`` gives a model's arrays their public names,
+  e.g. "enc" and an MLP's "h0.W" -> "enc.h0.W".
 
 Two economies keep the hot path lean without changing any result:
 * activations may overwrite their input (``forward(x, inplace=True)``), which MLP uses
@@ -17,116 +19,23 @@ Two economies keep the hot path lean without changing any result:
 Arrays are batch-first: ``x`` has shape ``(N, in_features)``. When a VAE draws L Monte
 Carlo samples per datapoint they are stacked into the batch dimension (``N = L * B``)
 so that every layer is a single BLAS matrix product, never a Python loop over rows.
+
+The elementwise functions sigmoid and softplus come from numpyvae.numerics, beside their
+textbook forms.
 """
 
 import numpy as np
 
+from .numerics import sigmoid, softplus
+
 __all__ = [
     "Linear", "Tanh", "ReLU", "Sigmoid", "Softplus", "Identity", "SoftClip", "Head", "MLP",
-    "glorot_uniform", "he_normal", "make_activation", "ACTIVATIONS",
-    "sigmoid", "softplus", "softplus_and_sigmoid",
+    "named", "glorot_uniform", "he_normal", "make_activation", "ACTIVATIONS",
 ]
 
 
 # ---------------------------------------------------------------------------
-# Numerically stable elementwise functions, shared by layers and likelihoods.
-#
-# softplus and sigmoid are both written with e = exp(-|x|), in [0, 1]: the exponent is never
-# positive, so nothing overflows for any x, and a Bernoulli likelihood that needs both (the
-# log-likelihood and its gradient) computes the exponential once (softplus_and_sigmoid).
-# They are the costliest elementwise steps of a Bernoulli VAE, so they avoid the slow paths
-# measured in benchmarks/: np.log1p (not vectorised by NumPy, 5x slower than np.log) and
-# np.where / masked copies (10x slower than a multiplication by a 0/1 mask).
-# ---------------------------------------------------------------------------
-
-def _exp_neg_abs(x):
-    """e = exp(-|x|), in [0, 1]."""
-    e = np.abs(x)
-    np.negative(e, out=e)
-    return np.exp(e, out=e)
-
-
-def _log1p_unit(e):
-    """log(1 + e) for e in [0, 1], as accurate as np.log1p and about 5x faster.
-
-    u = fl(1 + e) is 1 + e plus a rounding error d = (u - 1) - e, computed exactly (both
-    subtractions are exact, by Sterbenz's lemma). Then log(1 + e) = log(u - d) = log(u) - d/u up to
-    (d/u)^2 / 2, far below one rounding unit. For e below the rounding unit, u = 1 and d = -e, so
-    the result is e itself, which is what the naive log(1 + e) = 0 gets wrong (docs/backprop.md).
-    """
-    u = e + 1
-    d = u - 1
-    d -= e
-    d /= u
-    out = np.log(u, out=u)
-    out -= d
-    return out
-
-
-def _softplus_from(x, e):
-    """softplus(x) = max(x, 0) + log1p(e), given e = exp(-|x|)."""
-    out = _log1p_unit(e)
-    out += np.maximum(x, 0)
-    return out
-
-
-def _sigmoid_from(x, e):
-    """sigmoid(x) given e = exp(-|x|): 1/(1 + e) for x >= 0 and e/(1 + e) for x < 0, the two
-    forms of 1/(1 + exp(-x)) that never overflow. The branch is taken by multiplying with 0/1
-    masks, which is exact (x * 1 = x, x * 0 = 0, x + 0 = x) and keeps a NaN input NaN."""
-    r = e + 1
-    np.reciprocal(r, out=r)              # sigmoid(|x|)
-    neg = np.signbit(x)
-    out = e * r                          # sigmoid(-|x|)
-    out *= neg
-    r *= ~neg
-    out += r
-    return out
-
-
-def sigmoid(x):
-    """Logistic function 1 / (1 + exp(-x)), stable for any x, dtype-preserving.
-    Eq. (B6), docs/backprop.md"""
-    return _sigmoid_from(x, _exp_neg_abs(x))
-
-
-def softplus(x):
-    """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)): exp never sees a positive argument, so
-    nothing overflows for large x, and the log1p form keeps full precision for very negative x.
-    Eq. (B5), docs/backprop.md"""
-    return _softplus_from(x, _exp_neg_abs(x))
-
-
-def softplus_and_sigmoid(x):
-    """(softplus(x), sigmoid(x)) from one exponential, bit-for-bit equal to the two functions.
-    Eq. (B5), docs/backprop.md: sigmoid is softplus's derivative, so a Bernoulli likelihood
-    needs both, for its value (Eq. L1) and its gradient (Eq. L2), docs/distributions.md."""
-    e = _exp_neg_abs(x)
-    return _softplus_from(x, e), _sigmoid_from(x, e)
-
-
-# ---------------------------------------------------------------------------
-# Initialisers. Each draws from an explicit np.random.Generator.
-# ---------------------------------------------------------------------------
-
-def glorot_uniform(fan_in, fan_out, rng, dtype=np.float64):
-    """Glorot & Bengio (2010): U(-a, a) with a = sqrt(6 / (fan_in + fan_out)).
-
-    Keeps the variance of activations and gradients roughly constant through
-    tanh / sigmoid layers. Returns an array of shape (fan_in, fan_out).
-    """
-    a = np.sqrt(6.0 / (fan_in + fan_out))
-    return rng.uniform(-a, a, size=(fan_in, fan_out)).astype(dtype)
-
-
-def he_normal(fan_in, fan_out, rng, dtype=np.float64):
-    """He et al. (2015): N(0, 2 / fan_in), the variance-preserving choice for ReLU
-    (half of the units are zero, hence the factor 2). Shape (fan_in, fan_out)."""
-    return (rng.standard_normal((fan_in, fan_out)) * np.sqrt(2.0 / fan_in)).astype(dtype)
-
-
-# ---------------------------------------------------------------------------
-# Layers
+# The affine layer and its initialisers
 # ---------------------------------------------------------------------------
 
 class Linear:
@@ -167,6 +76,29 @@ class Linear:
         self.grads = {"W": x.T @ dy, "b": dy.sum(axis=0)}
         return dy @ self.params["W"].T if need_dx else None
 
+
+# Initialisers. Each draws from an explicit np.random.Generator.
+
+def glorot_uniform(fan_in, fan_out, rng, dtype=np.float64):
+    """Glorot & Bengio (2010): U(-a, a) with a = sqrt(6 / (fan_in + fan_out)).
+
+    Keeps the variance of activations and gradients roughly constant through
+    tanh / sigmoid layers. Returns an array of shape (fan_in, fan_out).
+    """
+    a = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-a, a, size=(fan_in, fan_out)).astype(dtype)
+
+
+def he_normal(fan_in, fan_out, rng, dtype=np.float64):
+    """He et al. (2015): N(0, 2 / fan_in), the variance-preserving choice for ReLU
+    (half of the units are zero, hence the factor 2). Shape (fan_in, fan_out)."""
+    return (rng.standard_normal((fan_in, fan_out)) * np.sqrt(2.0 / fan_in)).astype(dtype)
+
+
+# ---------------------------------------------------------------------------
+# Activations: elementwise, no parameters (their params and grads are empty). Each maps x of
+# any shape to y of the same shape and dtype, and dx has the shape of dy.
+# ---------------------------------------------------------------------------
 
 class Tanh:
     """y = tanh(x);  dy/dx = 1 - y^2 (uses the output, so the cache is y).  Eq. (B3), docs/backprop.md"""
@@ -281,11 +213,31 @@ class SoftClip:
         return f"SoftClip({self.low:g}, {self.high:g})"
 
 
+ACTIVATIONS = {"tanh": Tanh, "relu": ReLU, "sigmoid": Sigmoid, "softplus": Softplus,
+               "identity": Identity}
+
+# ReLU-like units get He initialisation; saturating units get Glorot.
+_INIT_FOR = {"tanh": "glorot", "sigmoid": "glorot", "identity": "glorot",
+             "relu": "he", "softplus": "he"}
+
+
+def make_activation(name):
+    """Return a fresh activation layer by name ('tanh', 'relu', 'sigmoid', 'softplus', 'identity')."""
+    if not isinstance(name, str) or name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+# ---------------------------------------------------------------------------
+# Composite layers, and the model-level names of their arrays
+# ---------------------------------------------------------------------------
+
 class Head:
     """An output head: a Linear layer followed by a parameter-free elementwise layer ``then``
     (e.g. SoftClip), y = then(x @ W + b). Its ``params`` and ``grads`` are the Linear's, under the
     same keys "W" and "b", so a bounded head is named like a plain Linear one ("enc.logvar.W").
-    ``backward(dy, need_dx)`` is the chain rule: then's backward, then Linear's (Eq. (B2))."""
+    ``backward(dy, need_dx)`` is the chain rule: then's backward, then Linear's (Eq. (B2)).
+    Shapes: x (N, in) -> y (N, out), as Linear."""
 
     def __init__(self, linear, then):
         self.linear, self.then = linear, then
@@ -313,28 +265,14 @@ class Head:
         return self.linear.backward(self.then.backward(dy), need_dx=need_dx)
 
 
-ACTIVATIONS = {"tanh": Tanh, "relu": ReLU, "sigmoid": Sigmoid, "softplus": Softplus,
-               "identity": Identity}
-
-# ReLU-like units get He initialisation; saturating units get Glorot.
-_INIT_FOR = {"tanh": "glorot", "sigmoid": "glorot", "identity": "glorot",
-             "relu": "he", "softplus": "he"}
-
-
-def make_activation(name):
-    """Return a fresh activation layer by name ('tanh', 'relu', 'sigmoid', 'softplus', 'identity')."""
-    if not isinstance(name, str) or name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
-    return ACTIVATIONS[name]()
-
-
 class MLP:
     """A stack Linear -> activation -> Linear -> activation -> ... (every Linear is followed
     by the activation). ``sizes = (in, h0, h1, ...)``; with ``sizes = (in,)`` the MLP is
     the identity map, which is how a VAE with ``hidden_dims=()`` gets linear heads.
 
-    The Linear layers are named ``h0, h1, ...`` and their arrays are exposed through
-    ``named_params()`` / ``named_grads()`` as ``"h0.W", "h0.b", ...``.
+    The Linear layers are named ``h0, h1, ...``: ``params`` and ``grads`` hold their arrays as
+    ``"h0.W", "h0.b", "h1.W", ...``, so an MLP takes part in ``named`` like any other layer.
+    Shapes: x (N, sizes[0]) -> y (N, sizes[-1]); layer i's W is (sizes[i], sizes[i+1]).
     """
 
     def __init__(self, sizes, activation, rng, dtype=np.float64):
@@ -363,8 +301,39 @@ class MLP:
             dy = lin.backward(act.backward(dy), need_dx=need_dx or i < n - 1)
         return dy
 
-    def named_params(self):
-        return {f"h{i}.{k}": v for i, lin in enumerate(self.linears) for k, v in lin.params.items()}
+    @property
+    def params(self):
+        return named(self._named_linears(), "params")
 
-    def named_grads(self):
-        return {f"h{i}.{k}": v for i, lin in enumerate(self.linears) for k, v in lin.grads.items()}
+    @property
+    def grads(self):
+        return named(self._named_linears(), "grads")
+
+    def _named_linears(self):
+        return {f"h{i}": lin for i, lin in enumerate(self.linears)}
+
+
+def named(layers, attr="params"):
+    """The arrays of several layers under model-level names: {f"{prefix}.{key}": array}.
+
+    ``layers``: an ordered dict {prefix: layer} of anything with ``params`` and ``grads`` dicts
+    (Linear, Head, MLP, another model's parts); ``attr``: "params" or "grads". The result follows
+    the order of ``layers``, then of each layer's keys:
+
+        named({"enc": MLP((4, 3), ...), "enc.mu": Linear(3, 2, ...)})
+            -> {"enc.h0.W": (4, 3), "enc.h0.b": (3,), "enc.mu.W": (3, 2), "enc.mu.b": (2,)}
+
+    The arrays are the layers' own, not copies: ``named(layers, "params")`` is the live dict an
+    optimiser updates in place. Raises ValueError if two layers give the same name (e.g. prefixes
+    "enc" and "enc.h0" beside an MLP's "h0.W"): one array would silently hide another.
+    """
+    if attr not in ("params", "grads"):
+        raise ValueError(f"attr must be 'params' or 'grads'; got {attr!r}")
+    out = {}
+    for prefix, layer in layers.items():
+        for key, array in getattr(layer, attr).items():
+            name = f"{prefix}.{key}"
+            if name in out:
+                raise ValueError(f"two layers give the array name {name!r}; rename a prefix")
+            out[name] = array
+    return out

@@ -1,5 +1,4 @@
-"""
-Gradient-descent optimisers: SGD with momentum, and Adam.
+"""Gradient-descent optimisers: SGD with momentum, and Adam.
 
 Usage:
 
@@ -31,6 +30,7 @@ import sys
 import numpy as np
 
 from . import _validate as check
+from .numerics import adam_update_fused
 
 _UNIT_INTERVAL = dict(low=0.0, high=1.0, high_inclusive=False)    # [0, 1)
 
@@ -42,8 +42,7 @@ def _largest(dtype):
 
 
 def _global_norm(grads):
-    """
-    (norm, bad): the L2 norm of all gradients taken as one long vector, as a
+    """(norm, bad): the L2 norm of all gradients taken as one long vector, as a
     Python float, and None; or (NaN, name) where `name` is a gradient holding
     NaN or inf.
 
@@ -70,8 +69,7 @@ def _global_norm(grads):
 
 
 def clip_grad_norm(grads, max_norm):
-    """
-    Rescale gradients so that their global L2 norm is at most `max_norm`.
+    """Rescale gradients so that their global L2 norm is at most `max_norm`.
 
     The global norm treats all gradient arrays as one long vector:
 
@@ -80,15 +78,10 @@ def clip_grad_norm(grads, max_norm):
     If total_norm > max_norm, every gradient is multiplied by the same factor
     max_norm / total_norm, which shrinks the step but keeps its direction.
 
-    Inputs:
-    - grads: dict {name: ndarray}. Never modified.
-    - max_norm: positive float.
-
-    Returns a tuple (clipped_grads, total_norm):
-    - clipped_grads: a new dict. When scaling was needed it holds scaled
-      copies (same dtypes as the inputs); otherwise it holds the input arrays
-      themselves (no copy is made when nothing changes).
-    - total_norm: float, the norm *before* clipping (useful for logging).
+    grads: dict {name: array}, any shapes, never modified; max_norm: a positive float.
+    Returns (clipped_grads, total_norm): a new dict, holding scaled copies (in the input
+    dtypes) when scaling was needed and the input arrays themselves otherwise (no copy when
+    nothing changes); and the norm *before* clipping, a float (for logging).
 
     Raises TypeError if grads is not a dict or max_norm not a number, and
     ValueError if max_norm is not positive and finite, if some gradient
@@ -126,19 +119,16 @@ def _none_or_positive(value, name):
 
 
 class Optimizer:
-    """
-    Shared plumbing for the optimisers: argument checks, gradient clipping,
+    """Shared plumbing for the optimisers: argument checks, gradient clipping,
     and saving/restoring state. Subclasses implement `_update(name, p, g)` and
     `_grad_limit(dtype)`, list their per-parameter state buffers in
     `self.state`, and add their hyperparameters to `SCALARS`.
 
-    Attributes:
-    - params: the dict of live parameter arrays (the same dict object the
-      caller passed in; the optimiser never adds or replaces entries).
-    - lr: learning rate; may be changed between steps (`opt.lr = 1e-4`).
-    - clip_norm: None, or the max global gradient norm (see clip_grad_norm).
-    - t: number of steps taken so far.
-    - state: dict {buffer_name: {param_name: ndarray}}, e.g. state["m"]["enc.W"].
+    Attributes: ``params``, the dict of live parameter arrays (the very dict the caller
+    passed in; the optimiser never adds or replaces entries); ``lr``, the learning rate, which
+    may be changed between steps (``opt.lr = 1e-4``); ``clip_norm``, None or the largest global
+    gradient norm (clip_grad_norm); ``t``, the number of steps taken; ``state``, {buffer name:
+    {parameter name: array shaped like the parameter}}, e.g. state["m"]["enc.W"].
     """
 
     # Every scalar setting and the check that defines its valid values, said once: used by
@@ -187,20 +177,15 @@ class Optimizer:
     # ------------------------------------------------------------------ stepping
 
     def step(self, grads):
-        """
-        Take one optimisation step, updating every array in self.params in place.
+        """Take one optimisation step, updating every array in self.params in place.
 
-        Inputs:
-        - grads: dict {name: ndarray} with exactly the keys and shapes of params.
-          Not modified.
+        grads: dict {name: array} with exactly the keys and shapes of params; not modified.
 
-        Raises, before anything is written (the parameters, the state and t stay
-        exactly as they were):
-        - TypeError / ValueError if grads do not match params (type, keys, shapes);
-        - FloatingPointError, naming the parameter, if a gradient as the update
-          would use it (clipped, then cast to the parameter's dtype) contains
-          NaN or inf, or is too large for the update to stay finite. That
-          usually means training has diverged.
+        Raises, before anything is written (the parameters, the state and t stay exactly as
+        they were), TypeError / ValueError if grads do not match params (type, keys, shapes),
+        and FloatingPointError, naming the parameter, if a gradient as the update would use it
+        (clipped, then cast to the parameter's dtype) contains NaN or inf, or is too large for
+        the update to stay finite. That usually means training has diverged.
         """
         usable = self._usable_grads(grads)
         self.t += 1
@@ -208,8 +193,7 @@ class Optimizer:
             self._update(name, p, usable[name])
 
     def _usable_grads(self, grads):
-        """
-        The gradients exactly as `_update` will use them, each checked: clipped
+        """The gradients exactly as `_update` will use them, each checked: clipped
         (if clip_norm is set), then cast to its parameter's dtype (a float64
         gradient for a float32 model is rounded once, here), then compared with
         `_grad_limit`. Every gradient is checked before any is used, so a step
@@ -286,8 +270,7 @@ class Optimizer:
     # ------------------------------------------------------------------ saving and restoring
 
     def state_dict(self):
-        """
-        Everything needed to resume: {"arrays": {...}, "scalars": {...}}.
+        """Everything needed to resume: {"arrays": {...}, "scalars": {...}}.
 
         - arrays: {"<buffer>.<param name>": ndarray}, e.g. "m.enc.h0.W".
           These are copies, so later steps do not change a saved state.
@@ -303,8 +286,7 @@ class Optimizer:
         return {"arrays": arrays, "scalars": scalars}
 
     def load_state_dict(self, state):
-        """
-        Restore a state produced by state_dict(), copying into the existing
+        """Restore a state produced by state_dict(), copying into the existing
         buffers in place.
 
         All the scalars are restored too, *including lr*: the resumed optimiser
@@ -344,46 +326,24 @@ class Optimizer:
         if unexpected_scalars:
             problems.append(f"unexpected scalars: {unexpected_scalars}")
 
-        targets = {}  # "m.enc.W" -> the live buffer to copy into
-        for buffer_name, buffers in self.state.items():
-            for name, buf in buffers.items():
-                targets[f"{buffer_name}.{name}"] = (buffer_name, buf)
-        missing = [k for k in targets if k not in arrays]
-        unexpected = [k for k in arrays if k not in targets]
-        if missing:
-            problems.append(f"missing arrays: {missing}")
-        if unexpected:
-            problems.append(f"unexpected arrays: {unexpected}")
-        for key, (buffer_name, buf) in targets.items():
-            if key in arrays:
-                problems += self._array_problems(key, buffer_name, arrays[key], buf)
+        targets = {f"{buffer_name}.{name}": buf            # "m.enc.W" -> the live buffer to copy into
+                   for buffer_name, buffers in self.state.items() for name, buf in buffers.items()}
+        problems += check.array_mismatches(targets, arrays, check_values=self._value_problems)
         if problems:
             raise ValueError("cannot load optimiser state:\n  " + "\n  ".join(problems))
 
-        for key, (_, buf) in targets.items():
+        for key, buf in targets.items():
             np.copyto(buf, arrays[key])
         self._set_scalars(checked)
 
-    def _array_problems(self, key, buffer_name, src, buf):
-        """What is wrong with `src` as the new content of the state buffer `buf` (a list)."""
-        try:
-            src = np.asarray(src)
-        except ValueError:          # e.g. ragged nested lists
-            return [f"{key!r} is not an array ({type(src).__name__})"]
-        problems = []
-        if src.shape != buf.shape:
-            problems.append(f"{key!r} has shape {src.shape}, expected {buf.shape}")
-        # Exact dtype match: casting would break bit-for-bit resumption.
-        if src.dtype != buf.dtype:
-            problems.append(f"{key!r} has dtype {src.dtype}, expected {buf.dtype}")
-        if not problems and not np.all(np.isfinite(src)):
-            problems.append(f"{key!r} contains NaN or inf")
-        return problems
+    def _value_problems(self, key, arr):
+        """What is wrong with the values of ``arr``, the new content of state buffer ``key``
+        (shape and dtype already match): a list of messages."""
+        return [] if np.all(np.isfinite(arr)) else [f"array {key!r} contains NaN or inf"]
 
 
 class SGD(Optimizer):
-    """
-    Stochastic gradient descent with classical (heavy-ball) momentum.
+    """Stochastic gradient descent with classical (heavy-ball) momentum.
 
     For each parameter p with gradient g, keeping a velocity v (starts at 0):
 
@@ -397,11 +357,9 @@ class SGD(Optimizer):
     A step refuses gradients with lr * |g| > (1 - momentum) * sqrt(max / 2)
     (max: the largest number of the parameters' dtype; see `_grad_limit`).
 
-    Inputs:
-    - params: dict {name: ndarray} of live, floating-point parameter arrays.
-    - lr: learning rate (>= 0).
-    - momentum: in [0, 1).
-    - clip_norm: None, or clip the global gradient norm to this value first.
+    params: dict {name: array} of live, floating-point parameter arrays, any shapes; lr: the
+    learning rate, >= 0; momentum: in [0, 1); clip_norm: None, or clip the global gradient norm
+    to this value first.
     """
 
     SCALARS = {**Optimizer.SCALARS, "momentum": _number(**_UNIT_INTERVAL)}
@@ -427,8 +385,7 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """
-    Adam (Kingma & Ba, 2015, Algorithm 1), with bias correction.
+    """Adam (Kingma & Ba, 2015, Algorithm 1), with bias correction.
 
     For each parameter p with gradient g, at step t = 1, 2, ...:
 
@@ -447,12 +404,10 @@ class Adam(Optimizer):
     sqrt(max / 2): about 1.3e19 for float32 and 9.5e153 for float64 (see
     `_grad_limit`; clip_norm keeps gradients far below that).
 
-    Inputs:
-    - params: dict {name: ndarray} of live, floating-point parameter arrays.
-    - lr: learning rate (>= 0).
-    - beta1, beta2: decay rates of the two running means, in [0, 1).
-    - eps: small positive number that keeps the division finite.
-    - clip_norm: None, or clip the global gradient norm to this value first.
+    params: dict {name: array} of live, floating-point parameter arrays, any shapes; lr: the
+    learning rate, >= 0; beta1, beta2: decay rates of the two running means, in [0, 1); eps: a
+    small positive number that keeps the division finite; clip_norm: None, or clip the global
+    gradient norm to this value first.
     """
 
     SCALARS = {
@@ -475,30 +430,17 @@ class Adam(Optimizer):
         return math.sqrt(_largest(dtype) / 2)
 
     def _update(self, name, p, g):
-        m, v = self.state["m"][name], self.state["v"][name]
-        tmp = self._scratch.get(name)
-        if tmp is None:  # one reusable buffer per parameter: no allocation per step
-            tmp = self._scratch[name] = np.empty_like(p)
-        m *= self.beta1
-        np.multiply(g, 1 - self.beta1, out=tmp)
-        m += tmp
-        v *= self.beta2
-        np.multiply(g, g, out=tmp)
-        tmp *= 1 - self.beta2
-        v += tmp
-        # m_hat / (sqrt(v_hat) + eps) with m_hat = m / (1 - beta1^t), v_hat = v / (1 - beta2^t)
-        # equals step * m / (sqrt(v) + eps_hat) with the scalars below (Kingma & Ba 2015, Sec. 2):
-        # the bias corrections cost two scalar operations instead of two passes over the array.
-        c2 = math.sqrt(1 - self.beta2**self.t)
-        step = self.lr * c2 / (1 - self.beta1**self.t)
-        np.sqrt(v, out=tmp)
-        tmp += self.eps * c2
-        np.divide(m, tmp, out=tmp)
-        tmp *= step
-        p -= tmp
+        # The class docstring's five lines are numerics.adam_update_textbook; the fused form computes
+        # the same step with the bias corrections folded into two scalars, in one scratch buffer per
+        # parameter that is reused every step (no allocation).
+        scratch = self._scratch.get(name)
+        if scratch is None:
+            scratch = self._scratch[name] = np.empty_like(p)
+        adam_update_fused(p, g, self.state["m"][name], self.state["v"][name], self.t,
+                          self.lr, self.beta1, self.beta2, self.eps, scratch)
 
-    def _array_problems(self, key, buffer_name, src, buf):
-        problems = super()._array_problems(key, buffer_name, src, buf)
-        if not problems and buffer_name == "v" and np.any(np.asarray(src) < 0):
-            problems.append(f"{key!r} has negative entries (v is a running mean of squares)")
+    def _value_problems(self, key, arr):
+        problems = super()._value_problems(key, arr)
+        if not problems and key.startswith("v.") and np.any(arr < 0):
+            problems.append(f"array {key!r} has negative entries (v is a running mean of squares)")
         return problems

@@ -15,24 +15,21 @@ and everything a VAE can only estimate is here in closed form:
 
 That makes pPCA the yardstick for the VAE machinery: a linear VAE trained by gradient ascent
 on the ELBO should reach the pPCA log-likelihood, and every estimate of log p(x) (the ELBO,
-importance sampling, prior sampling in numpyvae.diagnostics) can be compared with the truth.
+importance sampling, prior sampling in numpyvae.lab.diagnostics) can be compared with the truth.
 
 Layout: like numpyvae.layers.Linear, W is (in, out) = (Z, D) and codes are rows, so the
 decoder mean is z @ W + b and the covariance of x is W^T W + sigma2 I (D x D). Tipping &
 Bishop's matrix (D x Z, columns are directions in data space) is our W^T.
 """
 
-import math
-
 import numpy as np
 from scipy.linalg import solve_triangular
 
 from . import _validate as check
+from .distributions import LOG_2PI
 from .model import VAE
 
 __all__ = ["ppca_fit", "ppca_log_likelihood", "ppca_covariance", "linear_vae_from_ppca"]
-
-LOG_2PI = math.log(2.0 * math.pi)
 
 
 def _check_data(x):

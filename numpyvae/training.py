@@ -13,7 +13,7 @@ A run directory holds:
     checkpoint.npz   parameters + optimiser state + metadata JSON (see numpyvae.checkpoint)
     history.json     per-epoch train/test ELBO, reconstruction and KL terms (nats), beta, time
     config.json      the model and training configuration, human-readable
-    *.png            figures (numpyvae.plotting)
+    *.png            figures (numpyvae.lab.plotting)
     run.lock         locked while a process writes into the directory (see run_lock)
 
 One writer at a time: ``train`` (and ``save_run``) hold the run lock of their directory for as
@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import __version__
-from ._validate import check_positive_int
+from ._validate import array_mismatches, check_positive_int
 from .checkpoint import (atomic_write_json, load_checkpoint, remove_stale_temporaries, rng_from_json,
                          rng_state_to_json, save_checkpoint)
 from .data import binarize
@@ -56,7 +56,7 @@ from .optim import SGD, Adam
 __all__ = ["TrainConfig", "Run", "make_optimizer", "kl_warmup_beta", "minibatches", "evaluate_elbo",
            "prepare_pixels", "train", "save_run", "load_run", "new_run", "fixed_test_noise",
            "history_table", "HISTORY_KEYS", "TrainingDiverged", "RunInUseError", "run_lock",
-           "create_run_dir", "run_files", "estimate_parameters"]
+           "create_run_dir", "run_files", "estimate_parameters", "labels_for"]
 
 HISTORY_KEYS = ("epoch", "train_elbo", "train_rec", "train_kl", "test_elbo", "test_rec", "test_kl",
                 "test_kl_per_dim", "beta", "seconds")
@@ -90,7 +90,7 @@ class TrainConfig:
     seed            seeds the training Generator (shuffles, noise, binarisation)
     """
 
-    epochs: int = 10
+    epochs: int = 20
     batch_size: int = 128
     lr: float = 1e-3
     optimizer: str = "adam"
@@ -145,7 +145,7 @@ class Run:
     history: dict
     epoch: int = 0            # epochs completed
     data: dict = dataclasses.field(default_factory=dict)   # dataset name / data_dir, for reloading
-    baseline: object = None   # None, "loo", or a stateful baseline (numpyvae.estimators)
+    baseline: object = None   # None or a baseline object (numpyvae.estimators.make_baseline)
 
 
 def make_optimizer(model, config):
@@ -183,13 +183,14 @@ def prepare_pixels(x_train, x_test, mode, seed, likelihood):
     return (binarize(x_train, rng) if mode == "static" else x_train), x_test_bin
 
 
-def _labels(model, y, idx=None):
-    """The extra positional argument a conditional model needs: (y[idx],), or () for a plain VAE."""
-    if not isinstance(model, ConditionalVAE):
-        return ()
+def labels_for(model, y, idx=None):
+    """What a model's methods take as ``y=``: the labels y[idx] for a conditional model (one whose
+    networks read a condition, cond_dim > 0), None for a plain VAE, which reads none."""
+    if not model.cond_dim:
+        return None
     if y is None:
         raise ValueError("a ConditionalVAE needs the labels: pass y_train / y_test")
-    return (y if idx is None else y[idx],)
+    return y if idx is None else y[idx]
 
 
 def evaluate_elbo(model, x, eps, batch_size=1000, y=None):
@@ -200,11 +201,11 @@ def evaluate_elbo(model, x, eps, batch_size=1000, y=None):
     sums = {"elbo": 0.0, "rec": 0.0, "kl": 0.0}
     kl_dims = np.zeros(model.latent_dim)
     for i in range(0, x.shape[0], batch_size):
-        xb, yb = x[i:i + batch_size], _labels(model, y, slice(i, i + batch_size))
-        terms = model.elbo_terms(xb, *yb, eps=eps[:, i:i + batch_size], n_samples=eps.shape[0])
+        xb, yb = x[i:i + batch_size], labels_for(model, y, slice(i, i + batch_size))
+        terms = model.elbo_terms(xb, eps=eps[:, i:i + batch_size], n_samples=eps.shape[0], y=yb)
         for k in sums:
             sums[k] += float(np.sum(terms[k], dtype=np.float64))
-        mu, logvar = model.encode(xb, *yb)
+        mu, logvar = model.encode(xb, y=yb)
         kl_dims += np.sum(kl_diag_gaussian_standard_per_dim(mu, logvar), axis=0, dtype=np.float64)
     result = {k: v / x.shape[0] for k, v in sums.items()}
     result["kl_per_dim"] = (kl_dims / x.shape[0]).tolist()
@@ -364,14 +365,14 @@ def _train_steps(run, x_train, y_train, out_dir, progress, start):
     try:
         for i, idx in enumerate(batches):
             beta = kl_warmup_beta(run.epoch * steps_per_epoch + i, steps_per_epoch, cfg)
-            labels = _labels(model, y_train, idx)
+            labels = labels_for(model, y_train, idx)
             if cfg.objective == "iwae":
-                loss, grads, terms = model.iwae_loss_and_grads(x_epoch[idx], *labels, k=cfg.k, rng=rng,
-                                                               return_terms=True)
+                loss, grads, terms = model.iwae_loss_and_grads(x_epoch[idx], k=cfg.k, rng=rng, return_terms=True,
+                                                               y=labels)
             else:
-                loss, grads, terms = model.loss_and_grads(x_epoch[idx], *labels, n_samples=cfg.n_samples, rng=rng,
+                loss, grads, terms = model.loss_and_grads(x_epoch[idx], n_samples=cfg.n_samples, rng=rng,
                                                           estimator=cfg.estimator, beta=beta, return_terms=True,
-                                                          baseline=run.baseline)
+                                                          baseline=run.baseline, y=labels)
             step = {k: float(np.sum(terms[k], dtype=np.float64)) for k in sums}
             try:
                 for what, value in (("the minibatch ELBO", step["elbo"]), ("the loss", float(loss))):
@@ -417,7 +418,7 @@ def save_run(run, out_dir):
     arrays = {f"param.{k}": v for k, v in run.model.params.items()}
     arrays.update({f"opt.{k}": v for k, v in opt_state["arrays"].items()})
     baseline_state = None
-    if run.baseline is not None and not isinstance(run.baseline, str):
+    if run.baseline is not None:
         state = run.baseline.state()
         arrays.update({f"baseline.{k}": v for k, v in state["arrays"].items()})
         baseline_state = state["scalars"]
@@ -717,11 +718,7 @@ def load_run(path):
     if bad:
         raise ValueError(f"{ckpt}: array {bad[0]!r} contains NaN or inf")
     params = {k[len("param."):]: v for k, v in arrays.items() if k.startswith("param.")}
-    problems = [f"missing parameter {k}" for k in model.params if k not in params]
-    problems += [f"unexpected parameter {k}" for k in params if k not in model.params]
-    problems += [f"{k}: shape {params[k].shape} / dtype {params[k].dtype}, expected "
-                 f"{v.shape} / {v.dtype}" for k, v in model.params.items()
-                 if k in params and (params[k].shape != v.shape or params[k].dtype != v.dtype)]
+    problems = array_mismatches(model.params, params, noun="parameter")
     if problems:
         raise ValueError(f"{ckpt}: parameters do not match the recorded architecture:\n  " + "\n  ".join(problems))
 
@@ -743,7 +740,7 @@ def load_run(path):
     except (TypeError, ValueError) as exc:
         raise invalid("optimizer", " ".join(str(exc).split())) from exc
     baseline = make_baseline(config.baseline, model.input_dim, seed=config.seed, dtype=model.dtype)
-    if baseline is not None and not isinstance(baseline, str):
+    if baseline is not None:
         try:
             baseline.load_state({"arrays": {k[len("baseline."):]: v for k, v in arrays.items()
                                             if k.startswith("baseline.")}, "scalars": meta.get("baseline")})

@@ -19,6 +19,7 @@ import pytest
 
 from conftest import error_reading_fifo
 from numpyvae import checkpoint
+from numpyvae._validate import array_mismatches
 from numpyvae.checkpoint import (
     atomic_write_bytes,
     atomic_write_json,
@@ -710,6 +711,40 @@ def test_expected_mismatches_are_all_listed_in_one_message(tmp_path):
     ):
         assert needle in message, needle
     assert "'dec.W'" not in message
+
+
+def test_array_mismatches_lists_every_problem_in_one_order():
+    """The one report behind load_checkpoint(expected=...), Optimizer.load_state_dict and load_run:
+    missing, unexpected, then per name an unreadable value, a wrong shape, a wrong dtype."""
+    expected = {"a": ((2, 3), np.float64), "b": np.zeros(4, np.float32), "c": ([1], "float64"),
+                "d": ((2,), np.float64), "ok": np.zeros(2)}
+    found = {"a": np.zeros((3, 2)), "b": np.zeros(4), "d": [[1.0, 2.0], [3.0]], "e": np.zeros(1),
+             "ok": np.zeros(2)}
+    assert array_mismatches(expected, found) == [
+        "missing arrays: ['c']",
+        "unexpected arrays: ['e']",
+        "array 'a' has shape (3, 2), expected (2, 3)",
+        "array 'b' has dtype float64, expected float32",
+        "array 'd' cannot be read as an array (list)",
+    ]
+    assert array_mismatches({"w": ((2,), np.float32)}, {"w": np.zeros(3, np.float64)}, noun="parameter") == [
+        "parameter 'w' has shape (3,), expected (2,)", "parameter 'w' has dtype float64, expected float32"]
+    matching = {"a": np.zeros((2, 3)), "b": np.zeros(4, np.float32), "c": [0.0], "d": np.zeros(2), "ok": np.zeros(2)}
+    assert array_mismatches(expected, matching) == []
+
+
+def test_array_mismatches_checks_values_only_of_well_formed_arrays():
+    seen = []
+
+    def no_nan(name, arr):
+        seen.append(name)
+        return [f"array {name!r} contains NaN"] if np.isnan(arr).any() else []
+
+    expected = {"x": ((2,), np.float64), "y": ((2,), np.float64), "z": ((2,), np.float64)}
+    found = {"x": np.array([1.0, np.nan]), "y": np.array([np.nan]), "z": np.zeros(2)}
+    assert array_mismatches(expected, found, check_values=no_nan) == [
+        "array 'x' contains NaN", "array 'y' has shape (1,), expected (2,)"]
+    assert seen == ["x", "z"]
 
 
 # ------------------------------------------------------------ rng state

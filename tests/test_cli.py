@@ -354,7 +354,7 @@ def test_permission_error_while_writing_into_the_run_is_one_line(saved_run, monk
     def refuse(path, data):
         raise PermissionError(errno.EACCES, "Permission denied", path)
     monkeypatch.setattr(checkpoint, "atomic_write_bytes", refuse)
-    monkeypatch.setattr("numpyvae.plotting.atomic_write_bytes", refuse)
+    monkeypatch.setattr("numpyvae.lab.plotting.atomic_write_bytes", refuse)
     extra = ["--importance", "2", "--limit", "5"] if command == "evaluate" else []
     line = one_line_error(capsys, [command, str(saved_run), *extra])
     assert line.startswith(f"numpyvae {command}: error: cannot write ") and line.endswith("Permission denied"), line
@@ -430,7 +430,7 @@ def test_crafted_run_folders_are_one_line(tmp_path, saved_run, damage, field, co
 def test_ctrl_c_says_what_was_written(saved_run, monkeypatch, command, target, message, capsys):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(f"numpyvae.{'plotting' if target == 'plot_image_grid' else 'cli'}.{target}", interrupt)
+    monkeypatch.setattr(f"numpyvae.{'lab.plotting' if target == 'plot_image_grid' else 'cli'}.{target}", interrupt)
     capsys.readouterr()
     assert main([command, str(saved_run)]) == 130
     err = capsys.readouterr().err.strip()
@@ -440,7 +440,7 @@ def test_ctrl_c_says_what_was_written(saved_run, monkeypatch, command, target, m
 def test_ctrl_c_in_the_estimator_lab(tmp_path, monkeypatch, capsys):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr("numpyvae.estimator_lab.run_lab", interrupt)
+    monkeypatch.setattr("numpyvae.lab.estimator_lab.run_lab", interrupt)
     assert main(["estimators", "--quick", "--out", str(tmp_path)]) == 130
     assert capsys.readouterr().err.strip() == (f"numpyvae estimators: interrupted before the lab finished; "
                                                f"{tmp_path} holds none or only some of its files (run it again)")

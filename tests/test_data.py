@@ -365,7 +365,8 @@ def url_of(folder):
 
 
 def leftovers(folder):
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".part"))
+    """Temporary files of checkpoint.atomic_writer (".NAME.XXXXXXXX.tmp") left in ``folder``."""
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
 
 
 def test_published_checksums_are_the_readme_ones():

@@ -1,4 +1,4 @@
-"""numpyvae.diagnostics and the estimators of log p(x), measured against the exact pPCA
+"""numpyvae.lab.diagnostics and the estimators of log p(x), measured against the exact pPCA
 likelihood (docs/ppca.md): importance sampling from an imperfect encoder converges as K grows;
 sampling the prior instead needs orders of magnitude more samples; KL per dimension and
 active units agree with their definitions and with pPCA's closed forms."""
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import numpyvae as nv
-from numpyvae.diagnostics import active_units, kl_per_dimension, log_likelihood_prior_sampling
+from numpyvae.lab.diagnostics import active_units, encode_all, kl_per_dimension, log_likelihood_prior_sampling
 from numpyvae.ppca import linear_vae_from_ppca, ppca_fit, ppca_log_likelihood
 
 
@@ -113,17 +113,17 @@ def test_prior_sampling_is_exact_when_the_decoder_ignores_z():
 
 def test_prior_sampling_chunks_dtype_and_extreme_values():
     rng = np.random.default_rng(3)
-    model = nv.VAE(5, (4,), 2, likelihood="bernoulli", seed=1, dtype=np.float64)
+    model = nv.VAE(5, (4,), 2, likelihood="bernoulli", seed=1, dtype=np.float64, activation="tanh")
     x = rng.random((6, 5))
     a = log_likelihood_prior_sampling(model, x, 200, np.random.default_rng(0), chunk_size=7)
     b = log_likelihood_prior_sampling(model, x, 200, np.random.default_rng(0), chunk_size=200)
     np.testing.assert_allclose(a, b, rtol=1e-12)           # chunking changes nothing
     # It is a log-mean: between the smallest and largest log p(x|z_k) of the same draws.
     z = np.random.default_rng(0).standard_normal((200, 6, 2))
-    logs = model.likelihood.log_prob(x, {"out": model._decode_outputs(z.reshape(-1, 2))["out"].reshape(200, 6, 5)})
+    logs = model.likelihood.log_prob(x, {"out": model.decoder_outputs(z.reshape(-1, 2))["out"].reshape(200, 6, 5)})
     assert np.all(logs.min(0) - 1e-12 <= a) and np.all(a <= logs.max(0) + 1e-12)
     np.testing.assert_allclose(a, np.log(np.mean(np.exp(logs), axis=0)), rtol=1e-12)
-    m32 = nv.VAE(5, (4,), 2, likelihood="bernoulli", seed=1, dtype=np.float32)
+    m32 = nv.VAE(5, (4,), 2, likelihood="bernoulli", seed=1, dtype=np.float32, activation="tanh")
     assert log_likelihood_prior_sampling(m32, x, 10, rng).dtype == np.float32
     # log-likelihoods of -1e5 nats: exp underflows, log-sum-exp does not.
     lin = nv.VAE(3, (), 1, likelihood="gaussian", obs_var=1e-6, dtype=np.float64)
@@ -149,7 +149,7 @@ def test_prior_sampling_bad_inputs():
 def test_kl_per_dimension_sums_to_the_mean_kl():
     """Eq. (A1), docs/ppca.md on a nonlinear model, in batches that do not divide N."""
     rng = np.random.default_rng(4)
-    model = nv.VAE(6, (5,), 3, likelihood="bernoulli", seed=2, dtype=np.float64)
+    model = nv.VAE(6, (5,), 3, likelihood="bernoulli", seed=2, dtype=np.float64, activation="tanh")
     for k, v in model.params.items():
         if k.startswith("enc."):
             v[...] = rng.standard_normal(v.shape)
@@ -227,3 +227,24 @@ def test_kl_per_dimension_refuses_a_full_posterior():
     with pytest.raises(ValueError, match="diagonal posterior"):
         kl_per_dimension(model, np.zeros((3, 4)))
     assert active_units(model, np.zeros((3, 4)))[0] == 0      # the means are still defined
+
+
+def test_encode_all_is_encode_in_batches():
+    """encode_all(model, x) is model.encode(x) whatever the batch size (here also sizes that do not
+    divide N): a pair for a VAE, one array for an autoencoder, the labels batched alongside x
+    for a conditional VAE. An empty x is refused before anything is encoded."""
+    rng = np.random.default_rng(7)
+    x = rng.random((23, 6))
+    y = rng.integers(0, 3, 23)
+    vae = nv.VAE(6, (5,), 3, seed=1, dtype=np.float64)
+    ae = nv.Autoencoder(6, (5,), 3, seed=1, dtype=np.float64)
+    cvae = nv.ConditionalVAE(6, n_classes=3, hidden_dims=(5,), latent_dim=2, seed=1, dtype=np.float64)
+    for batch_size in (1, 5, 23, 100):
+        for got, want in zip(encode_all(vae, x, batch_size), vae.encode(x)):
+            np.testing.assert_allclose(got, want, rtol=1e-13)
+        np.testing.assert_allclose(encode_all(ae, x, batch_size), ae.encode(x), rtol=1e-13)
+        np.testing.assert_allclose(encode_all(cvae, x, batch_size, y=y)[0], cvae.encode(x, y=y)[0], rtol=1e-13)
+    with pytest.raises(ValueError, match="empty batch"):
+        encode_all(vae, x[:0])
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        encode_all(ae, x, batch_size=0)

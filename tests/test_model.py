@@ -11,7 +11,7 @@ from scipy import stats
 
 import numpyvae as nv
 from numpyvae.conditional import ConditionalVAE
-from numpyvae.gradcheck import check_param_grads
+from numpyvae.gradcheck import check_param_grads, numerical_gradient, rel_error
 from numpyvae.model import POSTERIOR_LOGVAR_RANGE
 from numpyvae.optim import Adam
 from numpyvae.ppca import ppca_fit, ppca_log_likelihood
@@ -96,7 +96,7 @@ def test_vae_gradients_near_the_log_variance_bounds(where, grad_report):
 
 def test_loss_is_minus_mean_elbo_and_beta_weights_kl():
     rng = np.random.default_rng(12)
-    model = nv.VAE(D, (5,), Z, seed=0, dtype=np.float64)
+    model = nv.VAE(D, (5,), Z, seed=0, dtype=np.float64, activation="tanh")
     x, eps = make_data("bernoulli", rng), rng.standard_normal((3, B, Z))
     terms = model.elbo_terms(x, eps=eps, n_samples=3)
     np.testing.assert_allclose(terms["elbo"], terms["rec"] - terms["kl"])
@@ -111,7 +111,7 @@ def test_loss_is_minus_mean_elbo_and_beta_weights_kl():
 def test_elbo_is_average_over_samples():
     """n_samples=L averages the L single-sample ELBOs (the KL is analytic, shared)."""
     rng = np.random.default_rng(13)
-    model = nv.VAE(D, (5,), Z, seed=0, dtype=np.float64)
+    model = nv.VAE(D, (5,), Z, seed=0, dtype=np.float64, activation="tanh")
     x, eps = make_data("bernoulli", rng), rng.standard_normal((4, B, Z))
     singles = [model.elbo(x, eps=eps[l:l + 1]) for l in range(4)]
     np.testing.assert_allclose(model.elbo(x, eps=eps, n_samples=4), np.mean(singles, axis=0), rtol=1e-12)
@@ -119,7 +119,7 @@ def test_elbo_is_average_over_samples():
 
 def test_gradients_not_overwritten_by_later_calls():
     rng = np.random.default_rng(14)
-    model = nv.VAE(D, (5,), Z, seed=0, dtype=np.float64)
+    model = nv.VAE(D, (5,), Z, seed=0, dtype=np.float64, activation="tanh")
     x = make_data("bernoulli", rng)
     _, g1 = model.loss_and_grads(x, rng=np.random.default_rng(0))
     kept = {k: v.copy() for k, v in g1.items()}
@@ -128,7 +128,7 @@ def test_gradients_not_overwritten_by_later_calls():
 
 
 def test_params_are_live():
-    model = nv.VAE(D, (5,), Z, likelihood="gaussian", seed=0, dtype=np.float64)
+    model = nv.VAE(D, (5,), Z, likelihood="gaussian", seed=0, dtype=np.float64, activation="tanh")
     z = np.ones((2, Z))
     before = model.decode(z)
     model.params["dec.out.b"] += 1.0
@@ -138,11 +138,11 @@ def test_params_are_live():
 def test_decode_means():
     rng = np.random.default_rng(15)
     z = rng.standard_normal((3, Z))
-    m = nv.VAE(D, (5,), Z, likelihood="bernoulli", seed=0, dtype=np.float64)
-    logits = m._decode_outputs(z)["out"]
+    m = nv.VAE(D, (5,), Z, likelihood="bernoulli", seed=0, dtype=np.float64, activation="tanh")
+    logits = m.decoder_outputs(z)["out"]
     np.testing.assert_allclose(m.decode(z), 1 / (1 + np.exp(-logits)))
-    g = nv.VAE(D, (5,), Z, likelihood="gaussian-learned", seed=0, dtype=np.float64)
-    np.testing.assert_allclose(g.decode(z), g._decode_outputs(z)["out"])
+    g = nv.VAE(D, (5,), Z, likelihood="gaussian-learned", seed=0, dtype=np.float64, activation="tanh")
+    np.testing.assert_allclose(g.decode(z), g.decoder_outputs(z)["out"])
     assert m.sample(7, np.random.default_rng(0)).shape == (7, D)
     assert m.reconstruct(make_data("bernoulli", rng)).shape == (B, D)
 
@@ -152,7 +152,7 @@ def test_log_p_x_given_z_is_the_elbos_reconstruction_term(likelihood):
     # Two routes to the same numbers: the ELBO's reconstruction term with fixed noise, and
     # log p(x|z) at z = mu + sigma * eps built here by hand (Eq. (R1) written out).
     rng = np.random.default_rng(16)
-    m = nv.VAE(D, (5,), Z, likelihood=likelihood, seed=0, dtype=np.float64)
+    m = nv.VAE(D, (5,), Z, likelihood=likelihood, seed=0, dtype=np.float64, activation="tanh")
     randomise_biases(m, rng)
     randomise_zero_weights(m, rng)
     x = make_data(likelihood, rng)
@@ -175,7 +175,7 @@ def test_log_p_x_given_z_is_the_elbos_reconstruction_term(likelihood):
 @pytest.mark.parametrize("likelihood", LIKS)
 def test_float32_end_to_end(likelihood):
     rng = np.random.default_rng(16)
-    model = nv.VAE(D, (5,), Z, likelihood=likelihood, seed=0, dtype=np.float32)
+    model = nv.VAE(D, (5,), Z, likelihood=likelihood, seed=0, dtype=np.float32, activation="tanh")
     x = make_data(likelihood, rng)  # float64 input is cast once, explicitly, to the model dtype
     assert all(v.dtype == np.float32 for v in model.params.values())
     mu, logvar = model.encode(x)
@@ -185,7 +185,7 @@ def test_float32_end_to_end(likelihood):
     assert all(g.dtype == np.float32 for g in grads.values()), {k: g.dtype for k, g in grads.items()}
     assert model.log_likelihood(x, n_importance=5, rng=rng).dtype == np.float32
     # float32 and float64 copies of the same model agree to float32 precision
-    m64 = nv.VAE(D, (5,), Z, likelihood=likelihood, seed=0, dtype=np.float64)
+    m64 = nv.VAE(D, (5,), Z, likelihood=likelihood, seed=0, dtype=np.float64, activation="tanh")
     eps = rng.standard_normal((2, B, Z))
     np.testing.assert_allclose(model.elbo(x, eps=eps, n_samples=2), m64.elbo(x, eps=eps, n_samples=2),
                                rtol=1e-4, atol=1e-3)
@@ -297,13 +297,14 @@ def test_log_likelihood_memory_is_bounded(likelihood, decoder_mean, monkeypatch)
     # within the budget plus a small fixed allowance (x, log_sum, the encoder pass: < 0.25 MiB
     # here). Without chunking the decoder outputs alone would take 400*40*60*8 B = 7.3 MiB.
     import tracemalloc
-    from numpyvae import diagnostics, model as model_module
+    from numpyvae import model as model_module
+    from numpyvae.lab import diagnostics
     budget = 2 << 20
     monkeypatch.setattr(model_module, "LOG_LIKELIHOOD_CHUNK_BYTES", budget)
-    m = nv.VAE(60, (30,), 4, likelihood=likelihood, seed=0, dtype=np.float64, decoder_mean=decoder_mean)
+    m = nv.VAE(60, (30,), 4, likelihood=likelihood, seed=0, dtype=np.float64, decoder_mean=decoder_mean, activation="tanh")
     x = np.random.default_rng(0).random((40, 60))
     K = 400
-    chunk = m._default_chunk_size(40, K)
+    chunk = m.log_likelihood_chunk_size(40, K)
     assert 1 < chunk < K / 4
     for run in (lambda: m.log_likelihood(x, n_importance=K, rng=np.random.default_rng(1)),
                 lambda: diagnostics.log_likelihood_prior_sampling(m, x, K, np.random.default_rng(1))):
@@ -327,18 +328,18 @@ def test_log_variance_heads_start_at_variance_one(build):
     x = 255.0 * np.random.default_rng(30).random((5, D))
     kwargs = dict(likelihood="gaussian-learned", seed=4, dtype=np.float64)
     if build == "conditional":
-        m, cond = ConditionalVAE(D, 3, (5,), Z, **kwargs), (np.array([0, 1, 2, 1, 0]),)
+        m, cond = ConditionalVAE(D, 3, (5,), Z, **kwargs), {"y": np.array([0, 1, 2, 1, 0])}
     else:
-        m, cond = nv.VAE(D, (5,), Z, posterior=build, **kwargs), ()
+        m, cond = nv.VAE(D, (5,), Z, posterior=build, **kwargs), {}
     for name in ("enc.logvar", "dec.logvar") + (("enc.tril",) if build == "full" else ()):
         assert not np.any(m.params[name + ".W"]) and not np.any(m.params[name + ".b"]), name
-    mu, logvar = m.encode(x, *cond)
+    mu, logvar = m.encode(x, **cond)
     assert np.all(logvar == 0.0)
     low, high = m.likelihood.head_ranges["logvar"]
-    dec_logvar = m.decoder_outputs(mu, *cond)["logvar"]
+    dec_logvar = m.decoder_outputs(mu, **cond)["logvar"]
     assert np.all((dec_logvar >= 0) & (dec_logvar <= math.exp(low)))
     if build == "full":
-        assert np.all(m.encode_full(x)["tril"] == 0.0)
+        assert np.all(m.posterior_params(x)["tril"] == 0.0)
 
 
 @pytest.mark.parametrize("likelihood", LIKS)
@@ -348,7 +349,7 @@ def test_float32_stays_finite_at_extreme_posterior_log_variance(likelihood, logv
     float32) is held below the bound, 40, where every float32 quantity stays finite: the ELBO,
     log p(x), the IWAE bound, the loss and every gradient."""
     rng = np.random.default_rng(31)
-    m = nv.VAE(784, (64,), 8, likelihood=likelihood, seed=0, dtype=np.float32)
+    m = nv.VAE(784, (64,), 8, likelihood=likelihood, seed=0, dtype=np.float32, activation="tanh")
     m.params["enc.logvar.b"][...] = logvar_bias
     x = rng.random((16, 784))
     assert m.encode(x)[1].max() <= POSTERIOR_LOGVAR_RANGE[1]
@@ -384,7 +385,7 @@ def test_learned_variance_likelihood_is_bounded_above(obs_std_min, decoder_mean)
     to within SoftClip's offset (1.38 nats per pixel for obs_std_min = 0.1, 2.08 for 0.05)."""
     rng = np.random.default_rng(33)
     m = nv.VAE(D, (5,), Z, likelihood="gaussian-learned", seed=0, dtype=np.float64, decoder_mean=decoder_mean,
-               obs_std_min=obs_std_min)
+               obs_std_min=obs_std_min, activation="tanh")
     x = rng.uniform(0.05, 0.95, (1, D))
     m.params["dec.out.W"][...] = 0.0
     m.params["dec.out.b"][...] = x[0] if decoder_mean == "identity" else np.log(x[0] / (1 - x[0]))   # mean x
@@ -402,7 +403,7 @@ def test_the_floor_holds_for_any_decoder_output(out_bias, logvar_bias, seed, dec
     floor, whatever the decoder's heads output (random weights, biases anywhere in +-1e4)."""
     rng = np.random.default_rng(seed)
     m = nv.VAE(D, (5,), Z, likelihood="gaussian-learned", seed=seed % 7, dtype=np.float64,
-               decoder_mean=decoder_mean, obs_std_min=0.05)
+               decoder_mean=decoder_mean, obs_std_min=0.05, activation="tanh")
     randomise_zero_weights(m, rng)
     m.params["dec.out.b"][...] = out_bias
     m.params["dec.logvar.b"][...] = logvar_bias
@@ -416,7 +417,7 @@ def test_without_a_floor_a_small_noise_scale_is_representable():
     range, e^-20 (LOGVAR_RANGE): a decoder can say std 0.05 (tutorial 10's noise) or 0.001, and
     log p(x|z) is the Gaussian density at that std; a fixed floor of 0.1 would have read 0.1."""
     rng = np.random.default_rng(34)
-    m = nv.VAE(D, (5,), Z, likelihood="gaussian-learned", seed=0, dtype=np.float64)
+    m = nv.VAE(D, (5,), Z, likelihood="gaussian-learned", seed=0, dtype=np.float64, activation="tanh")
     assert m.obs_std_min is None and m.likelihood.head_ranges["logvar"] == POSTERIOR_LOGVAR_RANGE
     x, z = rng.standard_normal((2, D)), rng.standard_normal((2, Z))
     m.params["dec.logvar.W"][...] = 0.0
@@ -440,16 +441,16 @@ def test_vae_gradients_with_a_sigmoid_mean(build, grad_report):
     kwargs = dict(likelihood=likelihood, obs_var=0.3, activation="tanh", seed=5, dtype=np.float64,
                   decoder_mean="sigmoid")
     if build == "conditional":
-        m, cond = ConditionalVAE(D, 3, (5,), Z, obs_std_min=0.05, **kwargs), (np.array([0, 2, 1, 2]),)
+        m, cond = ConditionalVAE(D, 3, (5,), Z, obs_std_min=0.05, **kwargs), {"y": np.array([0, 2, 1, 2])}
     else:
-        m, cond = nv.VAE(D, (5,), Z, **kwargs), ()
+        m, cond = nv.VAE(D, (5,), Z, **kwargs), {}
     randomise_biases(m, rng)
     randomise_zero_weights(m, rng)
     m.params["dec.out.b"][:] = rng.uniform(-6, 6, D)
     x, eps = rng.random((B, D)), rng.standard_normal((2, B, Z))
-    assert np.ptp(m.decoder_outputs(eps[0], *cond)["out"]) > 6
-    loss, grads = m.loss_and_grads(x, *cond, eps=eps, n_samples=2, beta=0.7)
-    errors = check_param_grads(lambda: m.loss_and_grads(x, *cond, eps=eps, n_samples=2, beta=0.7)[0],
+    assert np.ptp(m.decoder_outputs(eps[0], **cond)["out"]) > 6
+    loss, grads = m.loss_and_grads(x, eps=eps, n_samples=2, beta=0.7, **cond)
+    errors = check_param_grads(lambda: m.loss_and_grads(x, eps=eps, n_samples=2, beta=0.7, **cond)[0],
                                m.params, grads)
     grad_report(f"VAE[{build}, decoder_mean=sigmoid]", errors)
 
@@ -459,13 +460,13 @@ def test_sigmoid_mean_decodes_into_the_unit_interval(likelihood):
     """decode, sample and reconstruct give sigmoid(out) in [0, 1] wherever the codes are (here up to
     50 prior standard deviations out, where an identity mean wanders far outside the pixel range)."""
     rng = np.random.default_rng(36)
-    m = nv.VAE(D, (5,), Z, likelihood=likelihood, seed=0, dtype=np.float64, decoder_mean="sigmoid")
+    m = nv.VAE(D, (5,), Z, likelihood=likelihood, seed=0, dtype=np.float64, decoder_mean="sigmoid", activation="tanh")
     z = 50 * rng.standard_normal((20, Z))
     out = m.decoder_outputs(z)["out"]
     np.testing.assert_allclose(m.decode(z), 1 / (1 + np.exp(-out)), rtol=1e-12)
     assert np.all((m.decode(z) >= 0) & (m.decode(z) <= 1)) and np.abs(out).max() > 1
     assert np.all((m.sample(50, rng) >= 0) & (m.sample(50, rng) <= 1))
-    identity = nv.VAE(D, (5,), Z, likelihood=likelihood, seed=0, dtype=np.float64)
+    identity = nv.VAE(D, (5,), Z, likelihood=likelihood, seed=0, dtype=np.float64, activation="tanh")
     np.testing.assert_array_equal(identity.decode(z), out)     # the same network, the head's output itself
 
 
@@ -480,14 +481,14 @@ def test_decoder_mean_and_floor_round_trip_through_a_checkpoint(build, tmp_path)
     kwargs = dict(likelihood="gaussian-learned", seed=0, dtype=np.float64, decoder_mean="sigmoid",
                   obs_std_min=0.05)
     m = ConditionalVAE(D, 3, (5,), Z, **kwargs) if build == "conditional" else nv.VAE(D, (5,), Z, **kwargs)
-    cond = (np.array([0, 1, 2, 0]),) if build == "conditional" else ()
+    cond = {"y": np.array([0, 1, 2, 0])} if build == "conditional" else {}
     m.params["dec.logvar.b"][...] = rng.uniform(-12, 2, D)        # some pixels at the floor
     x, z = rng.random((B, D)), rng.standard_normal((2, B, Z))
     save_run(new_run(m, TrainConfig(epochs=1)), tmp_path)
     loaded = load_run(tmp_path).model
     assert loaded.config == m.config and (m.config["decoder_mean"], m.config["obs_std_min"]) == ("sigmoid", 0.05)
     assert loaded.likelihood.head_ranges == m.likelihood.head_ranges
-    np.testing.assert_array_equal(loaded.log_p_x_given_z(x, z, *cond), m.log_p_x_given_z(x, z, *cond))
+    np.testing.assert_array_equal(loaded.log_p_x_given_z(x, z, **cond), m.log_p_x_given_z(x, z, **cond))
 
     arrays, meta = load_checkpoint(tmp_path / "checkpoint.npz")
     del meta["model"]["decoder_mean"], meta["model"]["obs_std_min"]
@@ -594,7 +595,7 @@ def test_linear_vae_reaches_ppca_on_unscaled_data():
 
 @pytest.fixture
 def model():
-    return nv.VAE(D, (5,), Z, seed=0, dtype=np.float64)
+    return nv.VAE(D, (5,), Z, seed=0, dtype=np.float64, activation="tanh")
 
 
 def test_bad_inputs(model):
@@ -628,15 +629,15 @@ def test_bad_inputs(model):
 def test_bad_constructor_and_estimator_names(model):
     x = np.random.default_rng(0).random((B, D))
     with pytest.raises(ValueError, match="unknown likelihood 'laplace'"):
-        nv.VAE(D, (5,), Z, likelihood="laplace")
+        nv.VAE(D, (5,), Z, likelihood="laplace", activation="tanh")
     with pytest.raises(ValueError, match="unknown activation 'gelu'"):
         nv.VAE(D, (5,), Z, activation="gelu")
     with pytest.raises(TypeError, match="float32 or np.float64"):
-        nv.VAE(D, (5,), Z, dtype=np.float16)
+        nv.VAE(D, (5,), Z, dtype=np.float16, activation="tanh")
     with pytest.raises(ValueError, match="input_dim must be a positive integer"):
-        nv.VAE(0, (5,), Z)
+        nv.VAE(0, (5,), Z, activation="tanh")
     with pytest.raises(ValueError, match="hidden width"):
-        nv.VAE(D, (5, -1), Z)
+        nv.VAE(D, (5, -1), Z, activation="tanh")
     with pytest.raises(ValueError, match="unknown estimator 'magic'.*reparam"):
         model.loss_and_grads(x, rng=np.random.default_rng(0), estimator="magic")
     with pytest.raises(ValueError, match="beta must be"):
@@ -650,5 +651,29 @@ def test_randomness_only_from_generator(model):
     b = model.elbo(x, rng=np.random.default_rng(5), n_samples=3)
     assert np.array_equal(a, b)
     assert not np.array_equal(a, model.elbo(x, rng=np.random.default_rng(6), n_samples=3))
-    m1, m2 = nv.VAE(D, (5,), Z, seed=3), nv.VAE(D, (5,), Z, seed=3)
+    m1, m2 = nv.VAE(D, (5,), Z, seed=3, activation="tanh"), nv.VAE(D, (5,), Z, seed=3, activation="tanh")
     assert all(np.array_equal(m1.params[k], m2.params[k]) for k in m1.params)
+
+
+def test_a_posterior_given_explicitly(grad_report):
+    """q= replaces the encoder's posterior by free variational parameters (the amortisation gap):
+    with the encoder's own values every number is the same; posterior_grads is then the gradient of
+    each datapoint's loss -ELBO_b with respect to them."""
+    rng = np.random.default_rng(40)
+    m = nv.VAE(D, (5,), Z, seed=0, dtype=np.float64, activation="tanh")
+    x, eps = rng.random((4, D)), rng.standard_normal((2, 4, Z))
+    mu, logvar = m.encode(x)
+    own = {"mu": mu, "logvar": logvar}
+    assert np.array_equal(m.elbo(x, eps=eps, n_samples=2, q=own), m.elbo(x, eps=eps, n_samples=2))
+    assert np.array_equal(m.iwae_bound(x, k=2, eps=eps, q=own), m.iwae_bound(x, k=2, eps=eps))
+    assert np.array_equal(m.log_likelihood(x, 50, np.random.default_rng(1), q=own),
+                          m.log_likelihood(x, 50, np.random.default_rng(1)))
+    q = {"mu": mu + rng.standard_normal(mu.shape), "logvar": logvar - 0.5 + 0.3 * rng.standard_normal(mu.shape)}
+    d_mu, d_logvar = m.posterior_grads(x, eps=eps, n_samples=2, q=q)
+    loss = lambda: -float(np.sum(m.elbo(x, eps=eps, n_samples=2, q=q)))  # noqa: E731
+    grad_report("VAE.posterior_grads(q=...)", {"mu": rel_error(d_mu, numerical_gradient(loss, q["mu"])),
+                                               "logvar": rel_error(d_logvar, numerical_gradient(loss, q["logvar"]))})
+    with pytest.raises(ValueError, match=r"q must be a dict with the keys \['logvar', 'mu'\]"):
+        m.elbo(x, eps=eps, n_samples=2, q={"mu": mu})
+    with pytest.raises(ValueError, match=r"q\['logvar'\] must have 3 columns"):
+        m.elbo(x, eps=eps, n_samples=2, q={"mu": mu, "logvar": logvar[:, :2]})

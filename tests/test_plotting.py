@@ -10,19 +10,19 @@ from matplotlib.image import imread
 from scipy.stats import norm
 
 import numpyvae as nv
-from numpyvae import plotting as P
+from numpyvae.lab import plotting as P
 
 D = 784
 
 
 @pytest.fixture(scope="module")
 def model2():
-    return nv.VAE(input_dim=D, hidden_dims=(16,), latent_dim=2, seed=0)
+    return nv.VAE(input_dim=D, hidden_dims=(16,), latent_dim=2, seed=0, activation="tanh")
 
 
 @pytest.fixture(scope="module")
 def model5():
-    return nv.VAE(input_dim=D, hidden_dims=(16,), latent_dim=5, seed=0)
+    return nv.VAE(input_dim=D, hidden_dims=(16,), latent_dim=5, seed=0, activation="tanh")
 
 
 @pytest.fixture
@@ -235,7 +235,7 @@ def test_write_all_figures_for_a_5d_latent_space(model5, images, tmp_path):
 
 
 def test_write_all_figures_without_images_or_history(tmp_path):
-    model = nv.VAE(input_dim=3, hidden_dims=(4,), latent_dim=2, likelihood="gaussian", seed=0)
+    model = nv.VAE(input_dim=3, hidden_dims=(4,), latent_dim=2, likelihood="gaussian", seed=0, activation="tanh")
     x = np.random.default_rng(0).standard_normal((50, 3))
     empty = {k: [] for k in P.HISTORY_KEYS}
     paths = P.write_all_figures(model, x, None, empty, tmp_path, np.random.default_rng(0),
@@ -255,7 +255,7 @@ def test_interpolation_prefers_a_3_and_an_8_then_two_different_labels():
 # ----------------------------------------------------------------- clear errors
 
 def test_manifold_needs_a_2d_latent_space(images, tmp_path):
-    model3 = nv.VAE(input_dim=D, hidden_dims=(16,), latent_dim=3, seed=0)
+    model3 = nv.VAE(input_dim=D, hidden_dims=(16,), latent_dim=3, seed=0, activation="tanh")
     with pytest.raises(ValueError, match="latent_dim == 2"):
         P.plot_manifold(model3, str(tmp_path / "m.png"))
     assert os.listdir(tmp_path) == []
@@ -302,3 +302,12 @@ def test_write_all_figures_checks_labels_before_writing_anything(model2, images,
     with pytest.raises(TypeError, match="Generator"):
         P.write_all_figures(model2, images, None, None, tmp_path, rng=0)
     assert os.listdir(tmp_path) == []
+
+
+def test_import_numpyvae_loads_no_matplotlib():
+    # The book does not draw: only numpyvae.lab's drawing modules import matplotlib.
+    import subprocess
+    import sys
+    code = "import sys, numpyvae; print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -22,7 +22,7 @@ fixed. What is here, in the order you would use it:
     gradient_statistics(samples)                    ->  GradientStats (mean, variance, SNR, ...)
     measure_estimator(model, x, estimator, R, rng)  ->  the same, plus seconds per estimate
 
-numpyvae.estimator_lab uses these to compare every estimator of docs/estimators.md.
+numpyvae.lab.estimator_lab uses these to compare every estimator of docs/estimators.md.
 """
 
 import contextlib
@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from ._validate import check_positive_int, check_rng
+from .._validate import check_positive_int, check_rng
 
 __all__ = ["encoder_keys", "frozen", "gradient_samples", "gradient_statistics", "measure_estimator",
            "GradientStats"]
@@ -53,10 +53,10 @@ def frozen(baseline):
 
     Why: EMABaseline and LearnedBaseline update themselves inside every loss_and_grads call. If
     they kept learning while we draw R estimates, the R estimates would come from R slightly
-    different estimators and would not be identically distributed. ``None`` and "loo" have no
-    state, so there is nothing to freeze.
+    different estimators and would not be identically distributed. ``None`` and a
+    LeaveOneOutBaseline have no state, so there is nothing to freeze.
     """
-    if baseline is None or isinstance(baseline, str) or not hasattr(baseline, "frozen"):
+    if baseline is None or not hasattr(baseline, "frozen"):
         yield baseline
         return
     before = baseline.frozen
@@ -76,7 +76,7 @@ def gradient_samples(model, x, estimator, R, rng, n_samples=1, baseline=None, be
     R         : number of estimates, R >= 2 (a variance needs at least two).
     rng       : np.random.Generator giving the fresh noise eps of every call.
     n_samples : L, samples of z per datapoint inside each estimate.
-    baseline  : None, "loo", or a stateful baseline object; frozen while we measure.
+    baseline  : None or a baseline object (numpyvae.estimators); a stateful one is frozen while we measure.
     keys      : parameter names to keep (default: encoder_keys(model)).
 
     Returns {name: array of shape (R, *model.params[name].shape)}, in the model's dtype;

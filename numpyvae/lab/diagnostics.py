@@ -3,6 +3,7 @@
     kl_per_dimension(model, x)        -> (Z,)  how many nats each latent dimension carries
     active_units(model, x)            -> (count, (Z,) variances)  Burda et al. (2016)
     log_likelihood_prior_sampling(model, x, K, rng) -> (B,)  log p(x) by sampling the prior
+    encode_all(model, x)              -> model.encode(x) for a whole data set, in batches
 
 The first two answer "is this latent dimension used?" (docs/ppca.md, section 6). A dimension
 whose posterior equals the prior for every x carries no information about x: its KL is 0 and
@@ -13,26 +14,40 @@ The third is the simplest possible Monte Carlo estimate of log p(x), with z draw
 prior instead of from the encoder. It is correct on average, but it needs absurdly many
 samples when the posterior is narrow compared with the prior (docs/ppca.md, section 5);
 it is here to show *why* VAE.log_likelihood samples from q(z|x) instead.
+
+Everything here goes through the model's public methods (encode, log_p_x_given_z).
 """
 
 import math
 
 import numpy as np
 
-from . import _validate as check
-from .distributions import kl_diag_gaussian_standard_per_dim
+from .. import _validate as check
+from ..distributions import kl_diag_gaussian_standard_per_dim, log_mean_exp
 
-__all__ = ["kl_per_dimension", "active_units", "log_likelihood_prior_sampling"]
+__all__ = ["kl_per_dimension", "active_units", "log_likelihood_prior_sampling", "encode_in_batches",
+           "encode_all"]
 
 
-def _posterior_batches(model, x, batch_size, y=None):
-    """Yield (mu, logvar), each (b, Z), for consecutive batches of x (N, D) (and labels y for a
-    conditional model, whose encoder also reads the label)."""
-    x = model._check_x(x)
+def encode_in_batches(model, x, batch_size=1000, y=None):
+    """Yield ``model.encode`` of consecutive batches of x (N, D), ``batch_size`` rows at a time, so
+    memory stays bounded for any N: a VAE's ``(mu, logvar)``, each (b, Z), or an autoencoder's
+    codes (b, Z). ``y`` (N,): the labels of a conditional model, whose encoder also reads them.
+    The whole of x is checked (shape, finite, not empty) before the first batch is encoded."""
+    x = check.as_batch(x, model.input_dim, model.dtype, "x")
     batch_size = check.check_positive_int(batch_size, "batch_size")
     for start in range(0, x.shape[0], batch_size):
-        labels = () if y is None else (y[start:start + batch_size],)
-        yield model.encode(x[start:start + batch_size], *labels)
+        labels = {} if y is None else {"y": y[start:start + batch_size]}    # an autoencoder takes no y
+        yield model.encode(x[start:start + batch_size], **labels)
+
+
+def encode_all(model, x, batch_size=1000, y=None):
+    """``model.encode(x)`` for a whole data set x (N, D), computed by encode_in_batches and
+    concatenated: a VAE's ``(mu, logvar)``, each (N, Z), or an autoencoder's codes (N, Z)."""
+    parts = list(encode_in_batches(model, x, batch_size, y))
+    if isinstance(parts[0], tuple):
+        return tuple(np.concatenate(column) for column in zip(*parts))
+    return np.concatenate(parts)
 
 
 def kl_per_dimension(model, x, batch_size=1000, y=None):
@@ -46,13 +61,13 @@ def kl_per_dimension(model, x, batch_size=1000, y=None):
     close to 0 is unused: its posterior is the prior for (almost) every x.
     Accumulated in float64 over batches of ``batch_size`` datapoints.
     """
-    if getattr(model, "posterior", "diag") != "diag":
+    posterior = model.config["posterior"]
+    if posterior != "diag":
         # With a full covariance the KL does not split into a sum over dimensions.
-        raise ValueError("kl_per_dimension needs a diagonal posterior (posterior='diag'); "
-                         f"got posterior={model.posterior!r}")
+        raise ValueError(f"kl_per_dimension needs a diagonal posterior (posterior='diag'); got posterior={posterior!r}")
     total = np.zeros(model.latent_dim)
     n = 0
-    for mu, logvar in _posterior_batches(model, x, batch_size, y):
+    for mu, logvar in encode_in_batches(model, x, batch_size, y):
         total += np.sum(kl_diag_gaussian_standard_per_dim(mu, logvar), axis=0, dtype=np.float64)
         n += mu.shape[0]
     return total / n
@@ -73,7 +88,8 @@ def active_units(model, x, threshold=0.01, batch_size=1000, y=None):
     """
     threshold = check.check_finite_number(threshold, "threshold", low=0.0)
     # The means are only (N, Z): keeping them all lets np.var do a stable two-pass variance.
-    mu = np.concatenate([m.astype(np.float64) for m, _ in _posterior_batches(model, x, batch_size, y)])
+    mu, _ = encode_all(model, x, batch_size, y)
+    mu = mu.astype(np.float64)
     variances = mu.var(axis=0)
     return int(np.sum(variances > threshold)), variances
 
@@ -93,24 +109,22 @@ def log_likelihood_prior_sampling(model, x, n_samples, rng, chunk_size=None):
 
     x: (B, D); n_samples: K; rng: np.random.Generator. The K samples are drawn and decoded
     ``chunk_size`` at a time (default: about 64 MiB of peak memory per chunk, as in
-    VAE.log_likelihood); the chunks
-    are combined by log-sum-exp, and the result does not depend on chunk_size.
+    VAE.log_likelihood); the chunks are combined by log-sum-exp, and the result does not
+    depend on chunk_size.
     """
-    x = model._check_x(x)
+    x = check.as_batch(x, model.input_dim, model.dtype, "x")
     K = check.check_positive_int(n_samples, "n_samples")
     check.check_rng(rng)
     B, Z = x.shape[0], model.latent_dim
     if chunk_size is None:
-        chunk_size = model._default_chunk_size(B, K)
+        chunk_size = model.log_likelihood_chunk_size(B, K)
     chunk_size = check.check_positive_int(chunk_size, "chunk_size")
 
     log_sum = np.full(B, -np.inf)          # log sum_k p(x | z_k) over the chunks so far
     for start in range(0, K, chunk_size):
         k = min(chunk_size, K - start)
         z = rng.standard_normal((k, B, Z), dtype=model.dtype)
-        _, log_px_z, _ = model._decode_log_prob(x, z)          # (k, B); x broadcasts over the k samples
-        # log-sum-exp of the chunk: the largest term factored out, so nothing underflows to log 0.
-        m = np.max(log_px_z, axis=0)
-        m = np.where(np.isfinite(m), m, 0.0)                   # an all -inf chunk adds 0, not NaN
-        log_sum = np.logaddexp(log_sum, m + np.log(np.sum(np.exp(log_px_z - m), axis=0)))
+        log_px_z = model.log_p_x_given_z(x, z)                 # (k, B); z[j, b] is paired with x[b]
+        # Combine chunks by log-sum-exp, as VAE.log_likelihood does: nothing underflows to log 0.
+        log_sum = np.logaddexp(log_sum, log_mean_exp(log_px_z, axis=0) + math.log(k))
     return (log_sum - math.log(K)).astype(model.dtype)

@@ -4,6 +4,8 @@ What is here, top to bottom:
 
 * ``image_grid``: tile (N, H*W) images into one 2-D array (pure NumPy, no plotting).
 * ``manifold_codes`` and ``pca_2d``: the two other pieces of arithmetic behind the figures.
+* ``new_figure``, ``show_image``, ``display_range``, ``save_figure``: the drawing helpers every
+  figure of the lab is made with (numpyvae.lab.estimator_lab and numpyvae.lab.autoencoders too).
 * ``plot_*``: one function per figure, each writing one PNG and returning its path.
 * ``write_all_figures``: every figure that makes sense for a given model, in one call.
 
@@ -33,11 +35,13 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from scipy.special import ndtri  # the standard normal inverse CDF (norm.ppf), without importing scipy.stats
 
-from ._validate import check_positive_int, check_rng
-from .checkpoint import atomic_write_bytes
+from .._validate import check_positive_int, check_rng
+from ..checkpoint import atomic_write_bytes
+from .diagnostics import encode_all
 
 __all__ = [
-    "image_grid", "manifold_codes", "pca_2d",
+    "image_grid", "manifold_codes", "pca_2d", "check_model_image_shape",
+    "new_figure", "save_figure", "display_range", "show_image",
     "plot_image_grid", "plot_class_grid", "plot_training_curves", "plot_reconstructions", "plot_samples",
     "plot_latent_scatter", "plot_manifold", "plot_interpolation", "plot_latent_pca",
     "write_all_figures", "HISTORY_KEYS", "DPI",
@@ -87,10 +91,12 @@ def _check_images(images, image_shape, name="images"):
     return arr
 
 
-def _check_model_image_shape(model, image_shape):
+def check_model_image_shape(model, image_shape, name="model"):
+    """Return image_shape as (H, W) after checking that the model's datapoints are H*W images;
+    ``name`` is what the caller calls the model."""
     H, W = _check_image_shape(image_shape)
     if model.input_dim != H * W:
-        raise ValueError(f"model.input_dim = {model.input_dim} does not match image_shape {(H, W)} "
+        raise ValueError(f"{name}.input_dim = {model.input_dim} does not match image_shape {(H, W)} "
                          f"(H*W = {H * W})")
     return H, W
 
@@ -218,7 +224,7 @@ def pca_2d(x):
 # Drawing helpers
 # ---------------------------------------------------------------------------
 
-def _new_figure(width, height):
+def new_figure(width, height):
     """A Figure with its own Agg canvas (no pyplot); constrained layout keeps titles,
     labels and legends from overlapping."""
     fig = Figure(figsize=(width, height), layout="constrained")
@@ -226,7 +232,7 @@ def _new_figure(width, height):
     return fig
 
 
-def _save(fig, path):
+def save_figure(fig, path):
     """Render ``fig`` and write it atomically to ``path``; create parent dirs; return path.
 
     The format follows the file extension (PNG when there is none)."""
@@ -240,7 +246,7 @@ def _save(fig, path):
     return path
 
 
-def _display_range(*arrays):
+def display_range(*arrays):
     """Grey-level limits shared by all images of a figure: [0, 1] for probabilities /
     pixels, so a faint image is shown faint rather than stretched to full contrast;
     the data range otherwise (e.g. Gaussian means)."""
@@ -253,7 +259,7 @@ def _display_range(*arrays):
     return lo, hi
 
 
-def _show_image(ax, image, vmin, vmax):
+def show_image(ax, image, vmin, vmax):
     """Draw a 2-D grey image with square pixels and no ticks."""
     ax.imshow(image, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
     ax.set_xticks([])
@@ -298,12 +304,12 @@ def _scatter_by_label(ax, points, labels):
 def plot_image_grid(images, path, nrow, image_shape=(28, 28), title=None):
     """Write the images (N, H*W) as one grid, ``nrow`` images per row. Returns path."""
     grid = image_grid(images, nrow, image_shape, empty_value=np.nan)
-    fig = _new_figure(*_image_figure_size(grid.shape, extra_height=0.35 if title else 0.1))
+    fig = new_figure(*_image_figure_size(grid.shape, extra_height=0.35 if title else 0.1))
     ax = fig.add_subplot()
-    _show_image(ax, grid, *_display_range(grid))
+    show_image(ax, grid, *display_range(grid))
     if title:
         ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_class_grid(model, path, rng, n_styles=8, image_shape=(28, 28)):
@@ -343,7 +349,7 @@ def plot_training_curves(history, path):
     panels = [("elbo", "ELBO"),
               ("rec", r"reconstruction $\mathbb{E}_q[\log p(x|z)]$"),
               ("kl", r"KL$(q(z|x)\,\|\,p(z))$")]
-    fig = _new_figure(16.5 if beta_varies else 13, 3.8)
+    fig = new_figure(16.5 if beta_varies else 13, 3.8)
     axes = fig.subplots(1, 4 if beta_varies else 3)
     for ax, (key, title) in zip(axes, panels):
         ax.plot(h["epoch"], h[f"train_{key}"], marker="o", markersize=4, label="train")
@@ -358,7 +364,7 @@ def plot_training_curves(history, path):
     elif beta is not None and beta[0] != 1.0:
         title += rf" ($\beta$ = {beta[0]:g})"
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _label_epoch_axes(ax, title, ylabel):
@@ -386,18 +392,18 @@ def plot_reconstructions(x, x_rec, path, image_shape=(28, 28), n=10):
     top = image_grid(x[:n], per_row, image_shape, empty_value=np.nan)
     bottom = image_grid(x_rec[:n], per_row, image_shape, empty_value=np.nan)
     width, height = _image_figure_size(top.shape, extra_height=0.35)
-    fig = _new_figure(width, 2 * height)
-    vmin, vmax = _display_range(top, bottom)
+    fig = new_figure(width, 2 * height)
+    vmin, vmax = display_range(top, bottom)
     for ax, grid, label in zip(fig.subplots(2, 1), (top, bottom), ("input", "reconstruction")):
-        _show_image(ax, grid, vmin, vmax)
+        show_image(ax, grid, vmin, vmax)
         ax.set_title(label)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_samples(model, path, rng, n=100, image_shape=(28, 28)):
     """Decoded means of n codes drawn from the prior N(0, I), in a square-ish grid."""
     n = check_positive_int(n, "n")
-    _check_model_image_shape(model, image_shape)
+    check_model_image_shape(model, image_shape)
     x = model.sample(n, check_rng(rng))
     nrow = math.ceil(math.sqrt(n))
     title = f"decoded means of {n} samples $z \\sim \\mathcal{{N}}(0, I)$"
@@ -411,7 +417,7 @@ def plot_latent_scatter(mu, labels, path):
     if mu.shape[1] != 2:
         raise ValueError(f"mu must have 2 columns (a 2-D latent space); got shape {mu.shape}; "
                          "use plot_latent_pca for latent_dim > 2")
-    fig = _new_figure(6.5, 5.5)
+    fig = new_figure(6.5, 5.5)
     ax = fig.add_subplot()
     _scatter_by_label(ax, mu, labels)
     ax.set_aspect("equal", adjustable="datalim")
@@ -419,7 +425,7 @@ def plot_latent_scatter(mu, labels, path):
     ax.set_ylabel("z2")
     ax.set_title(f"posterior means of {mu.shape[0]} test points")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_latent_pca(mu, labels, path):
@@ -427,7 +433,7 @@ def plot_latent_pca(mu, labels, path):
     by label; the axis labels give the share of the variance each axis explains."""
     mu, labels = _check_points(mu, labels)
     projection, ratio = pca_2d(mu)
-    fig = _new_figure(6.5, 5.5)
+    fig = new_figure(6.5, 5.5)
     ax = fig.add_subplot()
     _scatter_by_label(ax, projection, labels)
     ax.set_aspect("equal", adjustable="datalim")
@@ -435,7 +441,7 @@ def plot_latent_pca(mu, labels, path):
     ax.set_ylabel(f"PC2 ({100 * ratio[1]:.1f}% of variance)")
     ax.set_title(f"PCA of the posterior means ({mu.shape[0]} test points, latent_dim = {mu.shape[1]})")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_manifold(model, path, n=20, image_shape=(28, 28)):
@@ -444,14 +450,14 @@ def plot_manifold(model, path, n=20, image_shape=(28, 28)):
     if model.latent_dim != 2:
         raise ValueError(f"plot_manifold needs a model with latent_dim == 2; got {model.latent_dim} "
                          "(use plot_latent_pca to look at a larger latent space)")
-    H, W = _check_model_image_shape(model, image_shape)
+    H, W = check_model_image_shape(model, image_shape)
     codes = manifold_codes(n)
     # No padding: the manifold reads as one continuous picture of the decoder.
     grid = image_grid(model.decode(codes), n, (H, W), pad=0)
     width, height = _image_figure_size(grid.shape, extra_height=0.9)   # two-line title, z1 axis
-    fig = _new_figure(width + 0.6, height)                              # z2 tick labels
+    fig = new_figure(width + 0.6, height)                              # z2 tick labels
     ax = fig.add_subplot()
-    _show_image(ax, grid, *_display_range(grid))
+    show_image(ax, grid, *display_range(grid))
     # Tick a few tile centres with their z values: the spacing is uniform in prior
     # probability, not in z, so a linear axis would be wrong.
     values = codes[:n, 0]
@@ -461,7 +467,7 @@ def plot_manifold(model, path, n=20, image_shape=(28, 28)):
     ax.set_xlabel("z1")
     ax.set_ylabel("z2")
     ax.set_title("decoded means over the latent space\n(grid at Gaussian quantiles 0.05 ... 0.95)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_interpolation(model, x_a, x_b, path, steps=10, image_shape=(28, 28)):
@@ -470,7 +476,7 @@ def plot_interpolation(model, x_a, x_b, path, steps=10, image_shape=(28, 28)):
     steps = check_positive_int(steps, "steps")
     if steps < 2:
         raise ValueError(f"steps must be at least 2 (both end points); got {steps}")
-    H, W = _check_model_image_shape(model, image_shape)
+    H, W = check_model_image_shape(model, image_shape)
     x_a = _as_single_datapoint(x_a, model.input_dim, "x_a")
     x_b = _as_single_datapoint(x_b, model.input_dim, "x_b")
     mu_a, _ = model.encode(x_a)
@@ -480,13 +486,13 @@ def plot_interpolation(model, x_a, x_b, path, steps=10, image_shape=(28, 28)):
 
     images = np.concatenate([x_a, decoded, x_b]).astype(np.float64)
     captions = ["input A"] + [f"t = {ti:.2f}" for ti in t[:, 0]] + ["input B"]
-    vmin, vmax = _display_range(images)
-    fig = _new_figure(max(1.0 * (steps + 2), 4.0), 1.9)
+    vmin, vmax = display_range(images)
+    fig = new_figure(max(1.0 * (steps + 2), 4.0), 1.9)
     for ax, image, caption in zip(fig.subplots(1, steps + 2), images, captions):
-        _show_image(ax, image.reshape(H, W), vmin, vmax)
+        show_image(ax, image.reshape(H, W), vmin, vmax)
         ax.set_xlabel(caption, fontsize=8)
     fig.suptitle(r"decoded means along $(1-t)\,\mu(x_A) + t\,\mu(x_B)$")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------
@@ -510,11 +516,6 @@ def _interpolation_pair(labels, n):
     return 0, 1
 
 
-def _encode_means(model, x, chunk=1000):
-    """Posterior means of x (N, D) in chunks, so memory stays bounded for large N."""
-    return np.concatenate([model.encode(x[i:i + chunk])[0] for i in range(0, x.shape[0], chunk)])
-
-
 def write_all_figures(model, x_test, y_test, history, out_dir, rng, image_shape=(28, 28)):
     """Write every figure that makes sense for ``model`` into out_dir; return {name: path}.
 
@@ -533,7 +534,7 @@ def write_all_figures(model, x_test, y_test, history, out_dir, rng, image_shape=
         raise ValueError(f"x_test must be a non-empty 2-D array (N, {model.input_dim}); "
                          f"got shape {x_test.shape}")
     if image_shape is not None:
-        _check_model_image_shape(model, image_shape)
+        check_model_image_shape(model, image_shape)
     # Check the labels before any figure is written, so bad input fails at once.
     labels = _check_labels(y_test, x_test.shape[0], "x_test")
 
@@ -554,9 +555,9 @@ def write_all_figures(model, x_test, y_test, history, out_dir, rng, image_shape=
         paths["interpolation"] = plot_interpolation(
             model, x_test[a], x_test[b], target("interpolation"), image_shape=image_shape)
     if model.latent_dim == 2:
-        paths["latent"] = plot_latent_scatter(_encode_means(model, x_test), labels, target("latent"))
+        paths["latent"] = plot_latent_scatter(encode_all(model, x_test)[0], labels, target("latent"))
         if image_shape is not None:
             paths["manifold"] = plot_manifold(model, target("manifold"), image_shape=image_shape)
     elif model.latent_dim > 2:
-        paths["latent_pca"] = plot_latent_pca(_encode_means(model, x_test), labels, target("latent_pca"))
+        paths["latent_pca"] = plot_latent_pca(encode_all(model, x_test)[0], labels, target("latent_pca"))
     return paths

@@ -6,7 +6,7 @@ decides how fast SGD can go. The lab measures it in three ways:
 
 1. ``variance_table``: at one fixed minibatch, the total variance and the median SNR of the
    encoder gradient under every setting, for several numbers of samples L
-   (numpyvae.variance does the measuring).
+   (numpyvae.lab.variance does the measuring).
 2. ``variance_along_training``: the same numbers after every epoch of an ordinary
    (reparameterized) training run, because an estimator's noise changes as the model learns.
 3. ``compare_training``: one training run per setting, same seed and architecture: does the
@@ -25,12 +25,14 @@ import os
 import time
 
 import numpy as np
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 
-from .checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
-from .data import load_dataset
-from .estimators import make_baseline
-from .model import VAE
-from .training import TrainConfig, new_run, train
+from ..checkpoint import atomic_write_json, atomic_write_text
+from ..data import load_dataset
+from ..estimators import LeaveOneOutBaseline, make_baseline
+from ..model import VAE
+from ..training import TrainConfig, new_run, train
+from .plotting import new_figure, save_figure
 from .variance import measure_estimator
 
 __all__ = ["ESTIMATOR_SETTINGS", "DEFAULT_COMPARISON", "COORDINATE", "TABLE_COLUMNS", "ACTIVE_KL",
@@ -101,14 +103,14 @@ def make_model(input_dim=784, hidden_dims=(400,), latent_dim=20, seed=0):
 def warm_baseline(label, model, x_warmup, L, rng, n_warmup=50, batch_size=100, seed=0):
     """The baseline of a setting, ready to measure with.
 
-    Returns None (no baseline), "loo" (stateless), or a new EMABaseline / LearnedBaseline that
-    has already watched ``n_warmup`` minibatches of ``x_warmup`` (never the minibatch we then
-    measure at). Why warm up: a fresh EMA is 0 and a fresh learned b(x) is untrained, and
+    Returns None (no baseline), a LeaveOneOutBaseline (stateless), or a new EMABaseline /
+    LearnedBaseline that has already watched ``n_warmup`` minibatches of ``x_warmup`` (never the
+    minibatch we then measure at). Why warm up: a fresh EMA is 0 and a fresh learned b(x) is untrained, and
     subtracting a useless baseline measures nothing. The model is not changed.
     """
     _, name = _check_setting(label)
     baseline = make_baseline(name, model.input_dim, seed=seed, dtype=model.dtype)
-    if baseline is None or isinstance(baseline, str):
+    if baseline is None or isinstance(baseline, LeaveOneOutBaseline):    # nothing to learn
         return baseline
     n = x_warmup.shape[0]
     for _ in range(n_warmup):
@@ -121,7 +123,7 @@ def warm_baseline(label, model, x_warmup, L, rng, n_warmup=50, batch_size=100, s
 
 def measure_setting(model, label, x_batch, x_warmup, L, R, seed=0, n_warmup=50, coordinate=None):
     """Measure one setting at one L: a GradientStats of the encoder gradient at x_batch
-    (numpyvae.variance.measure_estimator), or None when L is too small for the setting.
+    (numpyvae.lab.variance.measure_estimator), or None when L is too small for the setting.
 
     The random numbers come from a Generator seeded by (seed, setting, L), so each number in
     the table is reproducible on its own, whatever else is measured. With ``coordinate =
@@ -322,25 +324,8 @@ def active_dims(kl_per_dim, threshold=ACTIVE_KL):
 
 
 # ---------------------------------------------------------------------------
-# Figures (matplotlib's object API, no pyplot: see numpyvae/plotting.py for why)
+# Figures (matplotlib's object API, no pyplot: see numpyvae/lab/plotting.py for why)
 # ---------------------------------------------------------------------------
-
-def _new_figure(width, height):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path):
-    """Render to PNG in memory, then write atomically (a crash never leaves half a file)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
-
 
 def _settings_in(rows):
     seen = []
@@ -356,7 +341,6 @@ def _positive(value):
 
 def _log_ticks(ax, values):
     """Plain numbers (1, 2, 5, 10) as the ticks of a log-scaled x axis."""
-    from matplotlib.ticker import FixedLocator, NullLocator
     ax.xaxis.set_major_locator(FixedLocator(sorted(set(values))))
     ax.xaxis.set_major_formatter(lambda v, _: f"{v:g}")
     ax.xaxis.set_minor_locator(NullLocator())
@@ -381,7 +365,7 @@ def plot_variance_vs_L(rows, path):
     setting with zero variance ("blocked") cannot be drawn on a log axis and is named instead.
     """
     epochs = sorted({row.get("epoch") for row in rows}, key=lambda e: -1 if e is None else e)
-    fig = _new_figure(5.2 * len(epochs) + 1.8, 4.4)
+    fig = new_figure(5.2 * len(epochs) + 1.8, 4.4)
     axes = np.atleast_1d(fig.subplots(1, len(epochs), sharey=True))
     for ax, epoch in zip(axes, epochs):
         panel = [r for r in rows if r.get("epoch") == epoch]
@@ -415,7 +399,7 @@ def plot_variance_vs_L(rows, path):
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right center", frameon=False)
     fig.suptitle("gradient variance of each estimator, one fixed minibatch")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_variance_along_training(rows, path):
@@ -423,8 +407,7 @@ def plot_variance_along_training(rows, path):
     encoder gradient, both on log axes, one line per setting. The SNR panel marks the median
     SNR that R estimates of pure noise would show (pure_noise_median_snr): an estimator on
     that line has no measurable signal in a typical coordinate at this R."""
-    from matplotlib.ticker import MaxNLocator
-    fig = _new_figure(12.5, 4.4)
+    fig = new_figure(12.5, 4.4)
     ax_var, ax_snr = fig.subplots(1, 2)
     R, L = rows[0]["R"], rows[0]["L"]
     notes = []
@@ -460,7 +443,7 @@ def plot_variance_along_training(rows, path):
     if notes:
         fig.supxlabel(";   ".join(notes), fontsize=8, color="dimgray")
     fig.suptitle(f"estimator noise along training (L = {L}, R = {R} estimates per point, one fixed minibatch)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_coordinate_histogram(samples, path, coordinate="enc.mu.b[0]", reference="reparam", ncols=3):
@@ -474,7 +457,7 @@ def plot_coordinate_histogram(samples, path, coordinate="enc.mu.b[0]", reference
     labels = [k for k, v in samples.items() if v is not None]
     ref_mean = float(np.mean(samples[reference])) if reference in samples else None
     nrows = math.ceil(len(labels) / ncols)
-    fig = _new_figure(4.0 * ncols, 2.9 * nrows + 0.5)
+    fig = new_figure(4.0 * ncols, 2.9 * nrows + 0.5)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     for ax, label in zip(axes, labels):
         g = np.asarray(samples[label], dtype=np.float64)
@@ -500,7 +483,7 @@ def plot_coordinate_histogram(samples, path, coordinate="enc.mu.b[0]", reference
     fig.legend(handles, names, loc="outside lower center", ncols=2, frameon=False)
     R = len(next(iter(samples[k] for k in labels)))
     fig.suptitle(f"{R} estimates of the gradient coordinate {coordinate} (each panel its own x range)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_training_comparison(results, path, threshold=ACTIVE_KL):
@@ -508,8 +491,7 @@ def plot_training_comparison(results, path, threshold=ACTIVE_KL):
     ELBO, and the test KL(q(z|x) || p(z)) on a log axis, so that a posterior collapsing onto
     the prior (KL -> 0, as with "blocked") stays visible. The legend of the KL panel says how
     many latent dimensions are active (test KL above ``threshold`` nats) at the last epoch."""
-    from matplotlib.ticker import MaxNLocator
-    fig = _new_figure(12.5, 4.4)
+    fig = new_figure(12.5, 4.4)
     ax_elbo, ax_kl = fig.subplots(1, 2)
     for label, res in results.items():
         h = res["history"]
@@ -538,7 +520,7 @@ def plot_training_comparison(results, path, threshold=ACTIVE_KL):
         ax.legend(fontsize=8)
     fig.suptitle(f"training with each estimator: same seed, same architecture "
                  f"(active: KL of a dimension > {threshold:g} nats)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------
