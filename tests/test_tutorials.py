@@ -20,8 +20,9 @@ def declared_figures(path):
     raise AssertionError(f"{path.name} has no module-level FIGURES = (...) tuple")
 
 
-def test_there_are_twelve_tutorials():
-    assert [p.name[:2] for p in TUTORIALS] == [f"{i:02d}" for i in range(1, 13)], [p.name for p in TUTORIALS]
+def test_tutorials_are_numbered_without_gaps():
+    assert len(TUTORIALS) >= 12 and [p.name[:2] for p in TUTORIALS] == [f"{i:02d}" for i in range(1, len(TUTORIALS) + 1)], \
+        [p.name for p in TUTORIALS]
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
@@ -36,3 +37,19 @@ def test_tutorial_quick(path, tmp_path):
     for name in declared_figures(path):
         f = tmp_path / name
         assert f.exists() and f.read_bytes()[:4] == b"\x89PNG", f"{path.name} did not write {name}"
+
+
+@pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
+def test_tutorial_is_an_annotated_notebook(path):
+    """jupytext "percent" format: it opens with a markdown cell, prose cells sit between the code
+    cells, the code runs at module level (no main()), and the start-up code is the shared helper."""
+    text = path.read_text()
+    lines = text.splitlines()
+    assert lines[0] == "# %% [markdown]", f"{path.name} must open with a markdown cell"
+    markdown = sum(line == "# %% [markdown]" for line in lines)
+    code = sum(line == "# %%" for line in lines)
+    assert markdown >= 3 and code >= 3, (path.name, markdown, code)
+    tree = ast.parse(text)
+    assert not any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body), path.name
+    assert "__main__" not in text, f"{path.name}: code runs at module level, cell by cell"
+    assert "from tutorial import setup" in text and "argparse" not in text, path.name

@@ -1,76 +1,114 @@
-"""Tutorial 03: how noisy is a gradient estimator? Reparameterization against REINFORCE.
+# %% [markdown]
+# # Tutorial 03: how noisy is a gradient estimator? Reparameterization against REINFORCE
+#
+# The encoder needs $\nabla_{\mu, \log\sigma^2}\, \mathbb{E}_q[f(z)]$ with $f(z) = \log p(x \mid z)$:
+# the gradient of an expectation with respect to the parameters of the distribution it is taken
+# over. Two unbiased estimators, both in `numpyvae.model.VAE` (`estimator=...`):
+#
+# * **reparameterization** (docs/reparameterization.md, Eq. (R1), Eq. (R2)): write
+#   $z = \mu + e^{\mathrm{logvar}/2} \epsilon$ and differentiate through the sample; it uses $df/dz$.
+# * **score function / REINFORCE** (docs/estimators.md, Eq. (S1), Eq. (S2)):
+#   $(f(z) - b)\, \nabla \log q(z)$; it uses only values of $f$, hundreds of nats, times a zero-mean
+#   score: mostly noise. A baseline $b$ that does not depend on the sample keeps it unbiased and can
+#   shrink the noise: here a moving average of $f$ over training minibatches (Eq. (S3)), as training
+#   would use it, and the leave-one-out mean of the other $L - 1$ samples of the same digit
+#   (Eq. (S4), needs $L \ge 2$).
+#
+# Read alongside: docs/estimators.md, sections 1, 2 and 4; docs/reparameterization.md, section 2;
+# `numpyvae.model.VAE.posterior_grads`, `numpyvae.estimators.score_function_grad`,
+# `numpyvae.estimators.diag_gaussian_score`, `numpyvae.estimators.EMABaseline`,
+# `numpyvae.estimators.LeaveOneOutBaseline`, `numpyvae.distributions.reparameterize_backward`
+# (`numpyvae.lab.variance` and `numpyvae.lab.estimator_lab` do the same measurement on every encoder
+# weight).
+#
+# Figures (in `--out`):
+# * `variance_vs_L.png`: total variance and median SNR against L, log scales;
+# * `coordinate_histogram.png`: R estimates of one coordinate, d loss / d mu_j, under each estimator.
 
-The encoder needs d/d(mu, logvar) E_q[f(z)], f(z) = log p(x | z): the gradient of an
-expectation with respect to the parameters of the distribution it is taken over. Two unbiased
-estimators, both implemented in numpyvae.model.VAE (estimator=...):
-
-* reparameterization (docs/reparameterization.md, Eq. (R1), Eq. (R2)): write
-  z = mu + exp(logvar/2) * eps and differentiate through the sample; uses df/dz.
-* score function / REINFORCE (docs/estimators.md, Eq. (S1), Eq. (S2)):
-  (f(z) - b) * d log q(z) / d(mu, logvar); uses only values of f, hundreds of nats, times a
-  zero-mean score: mostly noise. A baseline b that does not depend on the sample keeps it
-  unbiased and can shrink the noise: here a moving average of f over training minibatches
-  (Eq. (S3)), as training would use it, and the leave-one-out mean of the other L - 1 samples of
-  the same digit (Eq. (S4), needs L >= 2).
-
-For one test digit x of a briefly trained VAE, the script draws R independent estimates of the
-gradient of that digit's loss with respect to its posterior parameters (mu, logvar), 2Z
-numbers, with VAE.posterior_grads on R copies of x (rows are independent estimates), for each
-estimator and each number of samples L. It reports (docs/estimators.md, section 4):
-
-* the total variance, sum over the 2Z coordinates of Var[g_j] (the expected squared distance
-  of one estimate from its mean; it falls like 1/L for every estimator);
-* the median signal-to-noise ratio |E g_j| / std g_j (Eq. (V1), docs/estimators.md), with
-  E g_j taken from the most precise estimate we have, reparameterization at the largest L over
-  all R rows (every estimator here has that same expectation).
-
-Read alongside:
-  docs/estimators.md, sections 1, 2 and 4; docs/reparameterization.md, section 2
-  numpyvae.model.VAE.posterior_grads, numpyvae.estimators.score_function_grad,
-  numpyvae.estimators.diag_gaussian_score, numpyvae.estimators.EMABaseline,
-  numpyvae.estimators.leave_one_out_baseline, numpyvae.distributions.reparameterize_backward
-  (numpyvae.variance and numpyvae.estimator_lab do the same measurement on every encoder weight)
-
-Figures (in --out):
-  variance_vs_L.png         total variance and median SNR against L, log scales
-  coordinate_histogram.png  R estimates of one coordinate, d loss / d mu_j, under each estimator
-"""
-
-import argparse
+# %%
 import os
 import time
 
 import numpy as np
-from matplotlib.figure import Figure
 
 import numpyvae as nv
-from numpyvae.estimators import EMABaseline
+from numpyvae.estimators import EMABaseline, LeaveOneOutBaseline
+from numpyvae.lab.plotting import new_figure, save_figure
+from numpyvae.model import DEFAULT_ACTIVATION, DEFAULT_HIDDEN_DIMS, DEFAULT_LATENT_DIM
 from numpyvae.training import TrainConfig, new_run, train
+from tutorial import setup, show
 
-NAME = "03_reparam_vs_reinforce"
 FIGURES = ("variance_vs_L.png", "coordinate_histogram.png")
+args = setup("03_reparam_vs_reinforce", quick="784-32-8 trained 1 epoch on 1000 digits, L = 1, 2, 4, R = 200")
+start = time.perf_counter()
 
-SETTINGS = ("reparam", "score", "score+ema", "score+loo")
-COLORS = {"reparam": "tab:blue", "score": "tab:red", "score+ema": "tab:orange", "score+loo": "tab:purple"}
-LABELS = {"reparam": "reparameterization", "score": "score function, no baseline",
-          "score+ema": "score function, moving-average baseline", "score+loo": "score function, leave-one-out baseline"}
+# %% [markdown]
+# ## 1. A briefly trained VAE
+#
+# The gradients should be those of a real model, not of random weights: we train the default
+# architecture for 3 epochs with the reparameterization gradient. `--quick` trains a tiny model
+# for one epoch (a smoke run; its numbers mean little).
+
+# %%
+data = nv.load_dataset("mnist-mini")
+x_train, x_test = data.x_train, data.x_test
+if args.quick:
+    x_train, x_test = x_train[:1000], x_test[:200]
+    hidden, latent, epochs, Ls, R = (32,), 8, 1, (1, 2, 4), 200
+else:
+    hidden, latent, epochs, Ls, R = DEFAULT_HIDDEN_DIMS, DEFAULT_LATENT_DIM, 3, (1, 2, 4, 8, 16, 32), 1000
+
+vae = nv.VAE(x_train.shape[1], hidden, latent, likelihood="bernoulli", activation=DEFAULT_ACTIVATION,
+             seed=args.seed)
+print(f"--- training {vae!r} for {epochs} epochs (reparameterized)")
+train(new_run(vae, TrainConfig(epochs=epochs, seed=args.seed)), x_train, x_test,
+      log=lambda s: print("  " + s), progress=False)
+
+# %% [markdown]
+# ## 2. The moving-average baseline, as training uses it
+#
+# A running mean of $\log p(x \mid z)$ over minibatches of *different* training digits (Eq. (S3),
+# docs/estimators.md), then frozen while we measure. Compare it with this digit's own
+# $\mathbb{E}_q[\log p(x \mid z)]$: the score is multiplied by $f - b$, so what matters is how far
+# apart the two are.
+
+# %%
+rng = np.random.default_rng(args.seed + 1)
+ema = EMABaseline(decay=0.9)
+for i in range(30):
+    xb = x_train[(i * 100) % x_train.shape[0]:][:100]
+    ema.observe(xb, vae.elbo_terms(xb, rng=rng)["rec"][None, :])       # f: (1, B)
+ema.frozen = True
+
+x0 = x_test[:1]
+f0 = vae.elbo_terms(x0, n_samples=1000, rng=rng)["rec"][0]
+print(f"this digit: E_q[log p(x|z)] = {f0:.1f} nats; moving-average baseline b = {ema.mean:.1f} nats")
+
+# %% [markdown]
+# ## 3. R independent estimates of the same gradient
+#
+# For the test digit $x_0$ we draw $R$ independent estimates of the gradient of its loss with
+# respect to its posterior parameters $(\mu, \log\sigma^2)$, $2Z$ numbers, for each estimator and
+# each number of samples $L$. `VAE.posterior_grads` on $R$ copies of $x_0$ does it in one call:
+# its rows are independent estimates. We report (docs/estimators.md, section 4):
+#
+# * the **total variance** $\sum_j \mathrm{Var}[g_j]$ over the $2Z$ coordinates (the expected squared
+#   distance of one estimate from its mean; it falls like $1/L$ for every estimator);
+# * the **median signal-to-noise ratio** $|\mathbb{E} g_j| / \mathrm{std}\, g_j$ (Eq. (V1),
+#   docs/estimators.md), with $\mathbb{E} g_j$ from the most precise estimate we have,
+#   reparameterization at the largest $L$ over all $R$ rows (every estimator here has that same
+#   expectation).
+
+# %%
+SETTINGS = {"reparam": ("reparam", None), "score": ("score", None),                 # name: (estimator, baseline)
+            "score+ema": ("score", ema), "score+loo": ("score", LeaveOneOutBaseline())}
 MAX_ROWS = 4096          # decoder rows per posterior_grads call (R copies x L samples): bounds memory
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny run (784-32-8 trained 1 epoch on 1000 digits, L = 1, 2, 4, R = 200)")
-    parser.add_argument("--out", default=os.path.join("tutorial_output", NAME),
-                        help="folder for the figures (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds initialisation, training and the noise")
-    return parser.parse_args(argv)
-
-
-def draw_estimates(vae, x0, setting, L, R, rng, ema):
-    """R independent estimates of d loss(x0) / d(mu, logvar): an (R, 2Z) float64 array."""
-    estimator, baseline = {"reparam": ("reparam", None), "score": ("score", None),
-                           "score+ema": ("score", ema), "score+loo": ("score", "loo")}[setting]
+def draw_estimates(vae, x0, setting, L, R, rng):
+    """R independent estimates of d loss(x0) / d(mu, logvar) under SETTINGS[setting] with L samples
+    each: an (R, 2Z) float64 array."""
+    estimator, baseline = SETTINGS[setting]
     rows, done = [], 0
     chunk = max(1, MAX_ROWS // L)
     while done < R:
@@ -82,13 +120,71 @@ def draw_estimates(vae, x0, setting, L, R, rng, ema):
     return np.concatenate(rows)
 
 
+# %%
+table = {}                                   # (setting, L) -> {"g": (R, 2Z), "total_variance", "median_snr"}
+for L in Ls:
+    for s in SETTINGS:
+        if s == "score+loo" and L < 2:
+            continue
+        g = draw_estimates(vae, x0, s, L, R, rng)
+        table[s, L] = {"g": g, "total_variance": float(np.sum(np.var(g, axis=0, ddof=1)))}
+g_true = table["reparam", Ls[-1]]["g"].mean(axis=0)   # the expectation every estimator shares
+for row in table.values():
+    row["median_snr"] = float(np.median(np.abs(g_true) / np.std(row["g"], axis=0, ddof=1)))
+
+print(f"{2 * latent} coordinates, R = {R} estimates per cell: total variance (nats^2) / median SNR")
+print(f"{'L':>4} " + " ".join(f"{s:>22}" for s in SETTINGS))
+for L in Ls:
+    cells = [f"{'-':>22}" if (s, L) not in table else
+             f"{table[s, L]['total_variance']:11.4g} / {table[s, L]['median_snr']:8.3f}" for s in SETTINGS]
+    print(f"{L:4d} " + " ".join(cells))
+
+# %% [markdown]
+# ## 4. Reading the table
+#
+# Both variances fall like $1/L$, so the ratio of REINFORCE's variance to reparameterization's at
+# $L = 1$ is also about the number of samples REINFORCE would need per estimate to be as precise as
+# reparameterization with one. A median SNR far below 1 means one estimate is almost pure noise.
+# Baselines help because the score is multiplied by $f - b$: $f$ is hundreds of nats in size,
+# $f - b$ only as far off as this digit is from the average digit for the moving average, and about
+# 0 on average for leave-one-out (this digit's own samples).
+
+# %%
+v = {k: row["total_variance"] for k, row in table.items()}
+L1, Lb, Lm = Ls[0], 2 if 2 in Ls else Ls[-1], Ls[-1]
+ratio = v["score", L1] / v["reparam", L1]
+print(f"at L = {L1}: score / reparam variance = {ratio:.3g} -> REINFORCE needs about {ratio * L1:.3g} samples "
+      f"per estimate to match reparam with {L1}")
+print(f"median SNR at L = {L1}: reparam {table['reparam', L1]['median_snr']:.3f}, "
+      f"score {table['score', L1]['median_snr']:.4f}")
+print(f"baselines at L = {Lb}: moving average divides the variance by "
+      f"{v['score', Lb] / v['score+ema', Lb]:.3g}, leave-one-out by {v['score', Lb] / v['score+loo', Lb]:.3g}; "
+      f"reparam is still {v['score+loo', Lb] / v['reparam', Lb]:.3g}x lower than score+loo")
+print(f"at L = {Lm}: score+loo / reparam variance = {v['score+loo', Lm] / v['reparam', Lm]:.3g}; "
+      f"variance from L = {L1} to {Lm}: reparam / {v['reparam', L1] / v['reparam', Lm]:.3g}, "
+      f"score / {v['score', L1] / v['score', Lm]:.3g} (1/L predicts / {Lm // L1})")
+print(f"|f| = {abs(f0):.0f} nats; |f - b| = {abs(f0 - ema.mean):.0f} nats for the moving average")
+
+# %% [markdown]
+# ## 5. Figures
+#
+# `variance_vs_L.png` draws the table on log scales, with the $1/L$ and $\sqrt{L}$ slopes for
+# reference. `coordinate_histogram.png` shows the $R$ estimates of one coordinate, the $\mu_j$ with
+# the largest gradient, at $L = 2$: one panel per estimator, each on its own range, with the
+# reparameterization estimates' mean $\pm$ 2 std as a grey band for scale.
+
+# %%
+COLORS = {"reparam": "tab:blue", "score": "tab:red", "score+ema": "tab:orange", "score+loo": "tab:purple"}
+LABELS = {"reparam": "reparameterization", "score": "score function, no baseline",
+          "score+ema": "score function, moving-average baseline", "score+loo": "score function, leave-one-out baseline"}
+
+
 def plot_variance(Ls, table, path):
-    fig = Figure(figsize=(11.5, 4.9), layout="constrained")
+    """Total variance and median SNR of every (setting, L) in table, against L."""
+    fig = new_figure(11.5, 4.9)
     ax_v, ax_s = fig.subplots(1, 2)
     for s in SETTINGS:
         pts = [(L, table[s, L]) for L in Ls if (s, L) in table]
-        if not pts:
-            continue
         L_s = [p[0] for p in pts]
         ax_v.plot(L_s, [p[1]["total_variance"] for p in pts], "-o", color=COLORS[s], label=LABELS[s], ms=4)
         ax_s.plot(L_s, [p[1]["median_snr"] for p in pts], "-o", color=COLORS[s], label=LABELS[s], ms=4)
@@ -113,13 +209,14 @@ def plot_variance(Ls, table, path):
     handles, labels = ax_v.get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle("one test digit, R independent estimates per point")
-    fig.savefig(path, dpi=100)
+    return save_figure(fig, path)
 
 
 def plot_histograms(samples, j, true_value, L, path):
-    """One panel per estimator, each on its own x-range (the spreads differ by orders of magnitude);
-    the grey band in every panel is the reparameterization estimates' mean +- 2 std, for scale."""
-    fig = Figure(figsize=(8.5, 7.8), layout="constrained")
+    """Histograms of samples[setting] (R,), the estimates of coordinate j, one panel per setting,
+    each on its own x-range (the spreads differ by orders of magnitude); the grey band in every
+    panel is the reparameterization estimates' mean +- 2 std, for scale."""
+    fig = new_figure(8.5, 7.8)
     axes = fig.subplots(len(samples), 1)
     ref = samples["reparam"]
     band = (np.mean(ref) - 2 * np.std(ref, ddof=1), np.mean(ref) + 2 * np.std(ref, ddof=1))
@@ -138,94 +235,12 @@ def plot_histograms(samples, j, true_value, L, path):
     axes[-1].set_xlabel(f"estimate of d loss / d mu_{j}; each panel spans its own expectation +- 4 std "
                         "(beyond: piled at the edges)")
     fig.suptitle(f"{len(ref)} estimates of one coordinate, L = {L} samples each")
-    fig.savefig(path, dpi=100)
+    return save_figure(fig, path)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
-    start = time.perf_counter()
-
-    data = nv.load_dataset("mnist-mini")
-    x_train, x_test = data.x_train, data.x_test
-    if args.quick:
-        x_train, x_test = x_train[:1000], x_test[:200]
-        hidden, latent, epochs, Ls, R = (32,), 8, 1, (1, 2, 4), 200
-    else:
-        hidden, latent, epochs, Ls, R = (400,), 20, 3, (1, 2, 4, 8, 16, 32), 1000
-    L_hist = 2 if 2 in Ls else Ls[-1]
-
-    vae = nv.VAE(x_train.shape[1], hidden, latent, likelihood="bernoulli", activation="relu", seed=args.seed)
-    print(f"--- training {vae!r} for {epochs} epochs (reparameterized), so the gradients are those of a real model")
-    train(new_run(vae, TrainConfig(epochs=epochs, seed=args.seed)), x_train, x_test,
-          log=lambda s: print("  " + s), progress=False)
-
-    rng = np.random.default_rng(args.seed + 1)
-    # The moving-average baseline as training uses it: a running mean of log p(x|z) over minibatches
-    # of *different* training digits (Eq. (S3), docs/estimators.md), then frozen while we measure.
-    ema = EMABaseline(decay=0.9)
-    for i in range(30):
-        xb = x_train[(i * 100) % x_train.shape[0]:][:100]
-        ema.observe(xb, vae.elbo_terms(xb, rng=rng)["rec"][None, :])
-    ema.frozen = True
-
-    x0 = x_test[:1]
-    f0 = vae.elbo_terms(x0, n_samples=1000, rng=rng)["rec"][0]
-    table, hist_samples = {}, {}
-    for L in Ls:
-        for s in SETTINGS:
-            if s == "score+loo" and L < 2:
-                continue
-            g = draw_estimates(vae, x0, s, L, R, rng, ema)
-            table[s, L] = {"g": g, "total_variance": float(np.sum(np.var(g, axis=0, ddof=1)))}
-            if L == L_hist:
-                hist_samples[s] = g
-    # The expectation every estimator shares, from the most precise estimate: reparam at the largest L.
-    g_true = table["reparam", Ls[-1]]["g"].mean(axis=0)
-    for key, row in table.items():
-        std = np.std(row["g"], axis=0, ddof=1)
-        row["median_snr"] = float(np.median(np.abs(g_true) / std))
-    j = int(np.argmax(np.abs(g_true[:latent])))          # the mu coordinate with the largest gradient
-
-    plot_variance(Ls, table, os.path.join(args.out, "variance_vs_L.png"))
-    plot_histograms({s: g[:, j] for s, g in hist_samples.items()}, j, g_true[j], L_hist,
-                    os.path.join(args.out, "coordinate_histogram.png"))
-
-    print()
-    print(f"=== gradient of one test digit's loss w.r.t. its (mu, logvar), {2 * latent} coordinates, "
-          f"R = {R} estimates per cell")
-    print(f"this digit: E_q[log p(x|z)] = {f0:.1f} nats, moving-average baseline b = {ema.mean:.1f} nats "
-          "(mean over other digits)")
-    print(f"{'L':>4} " + " ".join(f"{s:>22}" for s in SETTINGS) + "    (total variance, nats^2 / median SNR)")
-    for L in Ls:
-        cells = []
-        for s in SETTINGS:
-            row = table.get((s, L))
-            cells.append(f"{'-':>22}" if row is None else f"{row['total_variance']:11.4g} / {row['median_snr']:8.3f}")
-        print(f"{L:4d} " + " ".join(cells))
-    v = {k: row["total_variance"] for k, row in table.items()}
-    L1 = Ls[0]
-    ratio = v["score", L1] / v["reparam", L1]
-    print(f"at L = {L1}: REINFORCE has {ratio:.3g}x the variance of the reparameterization gradient")
-    print(f"  -> since both fall like 1/L, REINFORCE would need about {ratio * L1:.3g} samples per estimate "
-          f"to be as precise as reparameterization with {L1}")
-    print(f"  -> median SNR at L = {L1}: reparam {table['reparam', L1]['median_snr']:.3f}, "
-          f"score {table['score', L1]['median_snr']:.4f}: one REINFORCE estimate is almost pure noise")
-    Lb = L_hist
-    print(f"baselines at L = {Lb}: moving average divides the variance by "
-          f"{v['score', Lb] / v['score+ema', Lb]:.3g}, leave-one-out by {v['score', Lb] / v['score+loo', Lb]:.3g}; "
-          f"reparam is still {v['score+loo', Lb] / v['reparam', Lb]:.3g}x lower than score+loo")
-    Lm = Ls[-1]
-    print(f"at L = {Lm}: score+loo / reparam variance = {v['score+loo', Lm] / v['reparam', Lm]:.3g}; "
-          f"variance from L = {Ls[0]} to {Lm}: reparam / {v['reparam', Ls[0]] / v['reparam', Lm]:.3g}, "
-          f"score / {v['score', Ls[0]] / v['score', Lm]:.3g} (1/L predicts / {Lm // Ls[0]})")
-    print(f"  -> why baselines help: the score is multiplied by f - b; f is {abs(f0):.0f} nats in size, f - b only "
-          f"~{abs(f0 - ema.mean):.0f} nats off for the moving average (a mean over other digits) and ~0 on average "
-          "for leave-one-out (this digit's own samples)")
-    if args.quick:
-        print("(--quick is a smoke run of the same code: tiny model, little training; its numbers mean little)")
-    print(f"figures in {os.path.abspath(args.out)}: {', '.join(FIGURES)}   ({time.perf_counter() - start:.1f} s)")
-
-
-if __name__ == "__main__":
-    main()
+# %%
+show(plot_variance(Ls, table, os.path.join(args.out, "variance_vs_L.png")))
+j = int(np.argmax(np.abs(g_true[:latent])))          # the mu coordinate with the largest gradient
+show(plot_histograms({s: table[s, Lb]["g"][:, j] for s in SETTINGS if (s, Lb) in table}, j, g_true[j], Lb,
+                     os.path.join(args.out, "coordinate_histogram.png")))
+print(f"figures in {os.path.abspath(args.out)}: {', '.join(FIGURES)}   ({time.perf_counter() - start:.1f} s)")
