@@ -18,6 +18,7 @@ from .distributions import (  # noqa: F401
 from .layers import MLP, Identity, Linear, ReLU, Sigmoid, Softplus, Tanh  # noqa: F401
 from .model import VAE  # noqa: F401
 from .conditional import ConditionalVAE  # noqa: F401
+from .discrete import DiscreteVAE  # noqa: F401
 from .autoencoder import Autoencoder  # noqa: F401
 from .optim import SGD, Adam, clip_grad_norm  # noqa: F401
 from .data import Dataset, binarize, load_dataset, make_gaussian_mixture, make_sin_surface  # noqa: F401

@@ -1,20 +1,21 @@
 """Plain and denoising autoencoders, built from the VAE's own layers, and what they lack.
 
-An autoencoder squeezes each datapoint x (D numbers) through a short code c (Z numbers) and
+An autoencoder squeezes each datapoint x (D numbers) through a short code z (Z numbers) and
 back (docs/autoencoders.md):
 
-    c = f_phi(x)          encoder: an MLP trunk and a Linear head "code"; no noise, no KL
-    a = g_theta(c)        decoder: an MLP trunk with the widths reversed and a Linear head "out"
+    z = enc_phi(x)        encoder: an MLP trunk and a Linear head "code"; no noise, no KL
+    a = dec_theta(z)      decoder: an MLP trunk with the widths reversed and a Linear head "out"
 
 and is trained to make x likely under the decoder's output a (Bernoulli logits, or the
 mean of a unit-variance Gaussian), Eq. (D1), docs/autoencoders.md. That is the VAE's
-reconstruction term with the posterior q(z|x) shrunk to the single point c and the KL
+reconstruction term with the posterior q(z|x) shrunk to the single point enc_phi(x) and the KL
 dropped. Without the KL nothing ties the codes to N(0, I), so the decoder of an
 autoencoder is not a generative model: random codes decode to garbage
 (``numpyvae.lab.autoencoders.plot_random_codes``).
 
 A *denoising* autoencoder (Vincent et al. 2008) feeds the encoder a corrupted copy
-x~ ~ C(x~ | x) and still asks for the clean x, Eq. (D2), docs/autoencoders.md. Copying the
+x~ drawn from a corruption process C(x~ | x) and still asks for the clean x, Eq. (D2),
+docs/autoencoders.md. Copying the
 input is then no longer enough; the network has to learn what digits look like to undo the
 damage (``numpyvae.lab.autoencoders.plot_denoising``).
 
@@ -49,8 +50,8 @@ def check_noise(noise):
     """Return a noise spec as ``None`` or a tuple ``(kind, float)``, or raise ValueError.
 
     ``None``                no corruption (a plain autoencoder)
-    ``("masking", p)``      each entry of x is set to 0 with probability p, 0 <= p < 1
-    ``("gaussian", std)``   x + std * eps with eps ~ N(0, I), std >= 0
+    ``("masking", r)``      each entry of x is set to 0 with probability r, 0 <= r < 1
+    ``("gaussian", std)``   x + eta with eta ~ N(0, std^2 I), std >= 0
     """
     if noise is None:
         return None
@@ -73,10 +74,10 @@ def check_noise(noise):
 def corrupt(x, noise, rng):
     """Draw one corrupted copy x~ ~ C(x~ | x) of a batch x (B, D); same shape and dtype.
 
-    masking, Eq. (D3), docs/autoencoders.md:   x~_j = m_j x_j  with  m_j ~ Bernoulli(1 - p)
-    gaussian, Eq. (D4), docs/autoencoders.md:  x~ = x + std * eps  with  eps ~ N(0, I)
+    masking, Eq. (D3), docs/autoencoders.md:   x~_d = keep_d x_d  with  keep_d ~ Bernoulli(1 - r)
+    gaussian, Eq. (D4), docs/autoencoders.md:  x~ = x + eta  with  eta ~ N(0, std^2 I)
 
-    Every entry is corrupted independently. Masked entries are *not* rescaled by 1 / (1 - p)
+    Every entry is corrupted independently. Masked entries are *not* rescaled by 1 / (1 - r)
     as in dropout: the corrupted digit should look like a damaged digit, not a brighter one.
     """
     noise = check_noise(noise)
@@ -88,7 +89,7 @@ def corrupt(x, noise, rng):
         return x.copy()
     kind, level = noise
     if kind == "masking":
-        keep = rng.random(x.shape, dtype=dtype) >= level      # P(keep) = 1 - p
+        keep = rng.random(x.shape, dtype=dtype) >= level      # P(keep) = 1 - r
         return x * keep
     return x + dtype.type(level) * rng.standard_normal(x.shape, dtype=dtype)
 
@@ -105,13 +106,13 @@ class Autoencoder:
     input_dim : int            D, the width of a datapoint (784 for MNIST).
     hidden_dims : tuple of int encoder widths; the decoder uses them reversed. ``()`` gives a
                                linear encoder and decoder.
-    code_dim : int             Z, the width of the code c = f(x).
+    code_dim : int             Z, the width of the code z = enc(x).
     activation : str           "relu" | "tanh" | "sigmoid" | "softplus".
     loss : str                 "bernoulli": the decoder gives logits a and the loss is the
                                Bernoulli negative log-likelihood (targets in [0, 1]);
                                "gaussian": the decoder gives the mean a of N(x; a, I), so the
                                loss is 1/2 ||x - a||^2 plus the constant D/2 log(2 pi).
-    noise : None | ("masking", p) | ("gaussian", std)
+    noise : None | ("masking", r) | ("gaussian", std)
                                the corruption C(x~ | x) of a denoising autoencoder.
     seed : int                 seeds the initialisation only; corruption takes ``rng``.
     dtype : np.float32 | np.float64   every parameter and every computation uses this dtype.
@@ -194,7 +195,7 @@ class Autoencoder:
         return self.out_head.forward(self.decoder.forward(code))
 
     def encode(self, x):
-        """The code c = f(x) of a batch x (B, D): shape (B, Z). No noise is added."""
+        """The code z = enc(x) of a batch x (B, D): shape (B, Z). No noise is added."""
         return self._encode(self.check_input(x))
 
     def decode(self, code):
@@ -232,8 +233,8 @@ class Autoencoder:
         """Per-datapoint loss -log p(x_b | a_b), shape (B,), in nats. Deterministic: it never
         draws noise, whatever ``self.noise`` is.
 
-        a_b = g(f(x_b)), Eq. (D1), docs/autoencoders.md; or, with ``x_noisy`` (B, D), the encoder
-        sees the corrupted x~_b and a_b = g(f(x~_b)), Eq. (D2), docs/autoencoders.md. The target
+        a_b = dec(enc(x_b)), Eq. (D1), docs/autoencoders.md; or, with ``x_noisy`` (B, D), the
+        encoder sees the corrupted x~_b and a_b = dec(enc(x~_b)), Eq. (D2), docs/autoencoders.md. The target
         is always the clean x. (To score a DAE on its training objective, pass
         ``x_noisy=corrupt(x, model.noise, rng)``.)
         """
@@ -245,8 +246,8 @@ class Autoencoder:
     def loss_and_grads(self, x, rng=None, x_noisy=None):
         """The minibatch loss and its gradient with respect to every parameter.
 
-            loss = 1/B sum_b -log p(x_b | g(f(x_b)))            Eq. (D1), docs/autoencoders.md
-            loss = 1/B sum_b -log p(x_b | g(f(x~_b))),  x~_b ~ C(x~ | x_b)   (denoising)
+            loss = 1/B sum_b -log p(x_b | dec(enc(x_b)))            Eq. (D1), docs/autoencoders.md
+            loss = 1/B sum_b -log p(x_b | dec(enc(x~_b))),  x~_b ~ C(x~ | x_b)   (denoising)
                                                                 Eq. (D2), docs/autoencoders.md
 
         -log p is the Bernoulli negative log-likelihood from logits in its softplus form
@@ -265,12 +266,12 @@ class Autoencoder:
         x_in = self._encoder_input(x, x_noisy, rng)
         B = x.shape[0]
         a = self._decode_logits(self._encode(x_in))
-        log_p, d_out = self.likelihood.log_prob_and_grad(x, {"out": a})
+        log_p, dlogp_dout = self.likelihood.log_prob_and_grad(x, {"out": a})
         loss = -float(np.mean(log_p))
 
         # d(-log p)/da = -(x - mean) for both likelihoods: the "prediction minus target"
         # of a canonical link. The 1/B is the batch mean.
-        da = d_out["out"] * (-1.0 / B)
+        da = dlogp_dout["out"] * (-1.0 / B)
         dcode = self.decoder.backward(self.out_head.backward(da))
         self.encoder.backward(self.code_head.backward(dcode))
         return loss, self._named("grads")

@@ -6,6 +6,8 @@
     numpyvae evaluate     test ELBO and importance-weighted log-likelihood
     numpyvae plot         (re)draw every figure of a run
     numpyvae estimators   gradient-estimator lab: variance and SNR tables, figures, training comparison
+    numpyvae discrete     discrete-latent lab: each estimator's bias and variance against exact
+                          enumeration, and each one trained on mnist-mini beside a Gaussian VAE
     numpyvae autoencoders autoencoder vs denoising autoencoder vs VAE
 
 Every command after `train` takes a run directory and defaults to the newest one under ./runs.
@@ -30,13 +32,18 @@ from . import __version__
 from .checkpoint import atomic_write_json
 from .data import DATASET_NAMES, load_dataset
 from .distributions import DECODER_MEANS, LIKELIHOODS, POSTERIORS
+from .discrete_estimators import ESTIMATORS as DISCRETE_ESTIMATORS
+from .discrete_posteriors import LATENTS
 from .estimators import BASELINES, ESTIMATORS
 from .layers import ACTIVATIONS
 from .conditional import ConditionalVAE
-from .model import DEFAULT_ACTIVATION, DEFAULT_HIDDEN_DIMS, DEFAULT_LATENT_DIM, VAE
-from .training import (BINARIZE_MODES, CHECKPOINT, TrainConfig, TrainingDiverged, create_run_dir,
-                       estimate_parameters, evaluate_elbo, fixed_test_noise, history_table, load_run, new_run,
-                       labels_for, prepare_pixels, run_files, run_lock, train, LOCK_FILE)
+from .discrete import DiscreteVAE
+from .model import ARCHITECTURES, DEFAULT_ACTIVATION, DEFAULT_HIDDEN_DIMS, DEFAULT_LATENT_DIM, VAE, make_networks
+from .convnet import DEFAULT_CHANNELS
+from .training import (BINARIZE_MODES, CHECKPOINT, RELAXED_ESTIMATORS, TrainConfig, TrainingDiverged,
+                       check_config_for_model, create_run_dir, estimate_parameters, evaluate_elbo, fixed_test_noise,
+                       history_table, load_run, new_run, labels_for, prepare_pixels, run_files, run_lock, train,
+                       LOCK_FILE)
 
 RUNS_DIR = "runs"
 
@@ -50,7 +57,13 @@ DEFAULTS = dict(dataset="mnist-mini", epochs=_TRAIN.epochs, latent_dim=DEFAULT_L
                 hidden=list(DEFAULT_HIDDEN_DIMS), activation=DEFAULT_ACTIVATION, likelihood="bernoulli",
                 decoder_mean="sigmoid", obs_std_min=0.05, batch_size=_TRAIN.batch_size, lr=_TRAIN.lr,
                 samples=_TRAIN.n_samples, binarize=_TRAIN.binarize, seed=_TRAIN.seed, dtype="float32",
-                optimizer=_TRAIN.optimizer, beta=_TRAIN.beta, warmup=_TRAIN.warmup_epochs)
+                optimizer=_TRAIN.optimizer, beta=_TRAIN.beta, warmup=_TRAIN.warmup_epochs,
+                estimator=_TRAIN.estimator, latent="gaussian", temperature=_TRAIN.temperature)
+
+# A discrete --latent (numpyvae.discrete.DiscreteVAE) changes three defaults: its pixels are binarised
+# afresh every epoch (as in the papers whose numbers docs/discrete.md compares with: binary MNIST), its
+# estimator is one of the discrete ones, and a categorical variable has 10 classes (Jang et al. 2017).
+DISCRETE_DEFAULTS = dict(binarize="dynamic", estimator="gumbel", categories=10)
 
 # At most this many images in one figure of `sample` / `reconstruct`: 1024 prior samples make a
 # 32 x 32 grid of 28-pixel digits that can still be read; beyond, a grid turns into moire.
@@ -60,9 +73,9 @@ MAX_FIGURE_IMAGES = 1024
 # because the saved model, its optimiser state or its data were built from it. Every option of
 # `train` is in exactly one of the two (tests/test_cli.py checks), besides --out and --resume.
 RESUME_MAY_CHANGE = ("epochs", "lr", "clip_norm", "importance", "no_figures", "download")
-RESUME_KEEPS = ("hidden", "latent_dim", "activation", "likelihood", "obs_var", "decoder_mean", "obs_std_min",
-                "posterior", "conditional", "dtype", "objective", "k", "estimator", "baseline", "samples", "beta",
-                "warmup", "binarize",
+RESUME_KEEPS = ("arch", "channels", "hidden", "latent_dim", "activation", "likelihood", "obs_var", "decoder_mean", "obs_std_min",
+                "posterior", "conditional", "latent", "categories", "dtype", "objective", "k", "estimator", "baseline",
+                "samples", "beta", "warmup", "binarize", "temperature", "temperature_min", "anneal_rate",
                 "batch_size", "optimizer", "seed", "dataset", "data_dir")
 
 
@@ -88,6 +101,8 @@ _non_negative_float = _number_type(float, "a number >= 0", lambda v: 0 <= v < fl
 _figure_count = _number_type(int, f"a number of images from 1 to {MAX_FIGURE_IMAGES} (one figure)",
                              lambda v: 1 <= v <= MAX_FIGURE_IMAGES)
 _at_least_two = _number_type(int, "an integer >= 2 (a variance needs two or more estimates)", lambda v: v >= 2)
+_at_least_two_classes = _number_type(int, "an integer >= 2 (a variable of one class carries nothing)",
+                                     lambda v: v >= 2)
 
 
 # ---------------------------------------------------------------------------- the parser
@@ -150,6 +165,13 @@ def build_parser():
                    help="encoder hidden widths, decoder mirrors them; give none for a linear VAE")
     t.add_argument("--activation", default=d["activation"], choices=[a for a in ACTIVATIONS if a != "identity"],
                    help="hidden-layer nonlinearity")
+    t.add_argument("--arch", default="mlp", choices=ARCHITECTURES,
+                   help="the encoder and decoder: fully connected (mlp), or convolutional (conv) as in the Keras VAE "
+                        "example: one stride-2 3x3 convolution per --channels entry, then the --hidden dense layers; "
+                        "the decoder maps z to the smallest feature maps and back up by transposed convolutions "
+                        "(docs/convolution.md, section 8)")
+    t.add_argument("--channels", type=_positive_int, nargs="+", default=list(DEFAULT_CHANNELS),
+                   help="feature maps of each convolution of --arch conv")
     t.add_argument("--likelihood", default=d["likelihood"], choices=LIKELIHOODS,
                    help="p(x|z): Bernoulli, Gaussian with fixed --obs-var, or Gaussian with a learned variance")
     t.add_argument("--obs-var", type=_positive_float, default=1.0, help="lambda for --likelihood gaussian")
@@ -165,9 +187,13 @@ def build_parser():
     t.add_argument("--optimizer", default=d["optimizer"], choices=["adam", "sgd"],
                    help="bias-corrected Adam, or SGD with momentum 0.9")
     t.add_argument("--samples", type=_positive_int, default=d["samples"], help="L, samples of z per datapoint")
-    t.add_argument("--estimator", default="reparam", choices=ESTIMATORS,
-                   help="gradient estimator for the encoder: reparameterization, score function "
-                        "(REINFORCE), blocked (no reparameterization) or sticking-the-landing")
+    t.add_argument("--estimator", default=None, choices=list(ESTIMATORS) + [e for e in DISCRETE_ESTIMATORS
+                                                                             if e not in ESTIMATORS],
+                   help=f"gradient estimator for the encoder (default: {d['estimator']}; "
+                        f"{DISCRETE_DEFAULTS['estimator']} for a discrete --latent). A Gaussian code: "
+                        "reparameterization, score function (REINFORCE), blocked (no reparameterization) or "
+                        "sticking-the-landing. A discrete code (docs/discrete.md): score, nvil, vimco (needs "
+                        "--samples K >= 2), gumbel or straight-through")
     t.add_argument("--baseline", default="none", choices=BASELINES,
                    help="control variate for --estimator score (loo needs --samples >= 2)")
     t.add_argument("--objective", default="elbo", choices=["elbo", "iwae"],
@@ -177,11 +203,28 @@ def build_parser():
                    help="diagonal Gaussian q, or full covariance through a Cholesky factor")
     t.add_argument("--conditional", action="store_true",
                    help="train a conditional VAE on the digit labels (q(z|x,y), p(x|z,y))")
+    t.add_argument("--latent", default=d["latent"], choices=("gaussian",) + LATENTS,
+                   help="the code z: Gaussian (a VAE), or discrete (a DiscreteVAE): --latent-dim binary units, or "
+                        "--latent-dim one-hot variables of --categories classes; a discrete code trains with "
+                        "--binarize dynamic and --estimator "
+                        f"{DISCRETE_DEFAULTS['estimator']} unless told otherwise")
+    t.add_argument("--categories", type=_at_least_two_classes, default=None, metavar="K",
+                   help="classes of each variable of --latent categorical "
+                        f"(default: {DISCRETE_DEFAULTS['categories']})")
+    t.add_argument("--temperature", type=_positive_float, default=d["temperature"],
+                   help="tau (tau_0 when annealed) of --estimator gumbel and straight-through")
+    t.add_argument("--temperature-min", type=_positive_float, default=None, metavar="T_MIN",
+                   help="anneal the temperature per step, tau = max(T_MIN, tau_0 exp(-R t)) with t the global step "
+                        "(Jang et al. 2017); needs --anneal-rate (default: no annealing)")
+    t.add_argument("--anneal-rate", type=_positive_float, default=None, metavar="R",
+                   help="R of the annealing schedule; needs --temperature-min")
     t.add_argument("--beta", type=_non_negative_float, default=d["beta"], help="weight on the KL term")
     t.add_argument("--warmup", type=_non_negative_float, default=d["warmup"],
                    help="KL warm-up: beta rises linearly from 0 over this many epochs")
-    t.add_argument("--binarize", default=d["binarize"], choices=BINARIZE_MODES,
-                   help="none: grey values as Bernoulli targets; static/dynamic binarisation")
+    t.add_argument("--binarize", default=None, choices=BINARIZE_MODES,
+                   help="none: grey values as Bernoulli targets; static/dynamic binarisation "
+                        f"(default: {d['binarize']}; {DISCRETE_DEFAULTS['binarize']} for a discrete --latent with the "
+                        "bernoulli likelihood, as in the papers docs/discrete.md compares with)")
     t.add_argument("--clip-norm", type=_positive_float, default=None,
                    help="clip the global gradient norm to this value (default: no clipping)")
     t.add_argument("--seed", type=_non_negative_int, default=d["seed"], help="seeds initialisation and training")
@@ -271,6 +314,39 @@ def build_parser():
                      help="seeds initialisation, training and measuring")
     est.add_argument("--quick", action="store_true", help="a small, fast version of everything (a smoke test)")
     est.set_defaults(func=cmd_estimators)
+
+    dl = command(
+        "discrete", help="discrete latents: each estimator's bias and variance against enumeration, and trained",
+        formatter_class=_RawHelpFormatter,
+        description="The discrete-latent lab (numpyvae.lab.discrete_lab; derivations in docs/discrete.md).\n\n"
+                    "1. On a small code with 256 states (8 binary units, or 4 variables of 4 classes) and a\n"
+                    "   784-64 ReLU network trained 5 epochs, on 8 binarised test digits: every estimator drawn\n"
+                    "   many times against the exact gradient of the ELBO (by enumeration), against K (score,\n"
+                    "   score with a leave-one-out baseline, NVIL with L = K samples; VIMCO with K) and against\n"
+                    "   the temperature (gumbel, straight-through, L = 2).\n"
+                    "2. One DiscreteVAE per estimator (784-200-[200 bits] and 784-200-[20x10 one-hot], the codes\n"
+                    "   of Jang et al. 2017; L = 2 samples, --epochs on binarised mnist-mini) beside the Gaussian\n"
+                    "   VAE of the same networks (784-200-20): test ELBO and log p(x) with --importance samples.\n\n"
+                    "Writes into --out:\n"
+                    "  bias_variance.csv            bias (in standard errors, and relative) and variance per setting\n"
+                    "  bias_variance_<latent>.png   the same against K and against the temperature\n"
+                    "  training_comparison.csv      test ELBO, log p(x), KL, active units, seconds per model\n"
+                    "  training_comparison.json     the same with each run's per-epoch history\n"
+                    "  training_comparison.png      test ELBO per epoch\n"
+                    "  discrete_lab.json            the configuration and the wall time of each step\n\n"
+                    "About 8 minutes on a 2-core machine. --quick: tiny codes and networks on 500 digits, 1\n"
+                    "epoch (seconds); flags given explicitly still apply.")
+    dl.add_argument("--out", default=None, help="output directory (default: a new runs/discrete-<date>-<time>)")
+    dl.add_argument("--latent", nargs="+", choices=LATENTS, default=list(LATENTS),
+                    help="the discrete codes to measure and train")
+    dl.add_argument("--epochs", type=_positive_int, default=None,
+                    help="epochs of every training run (default: 30; 1 with --quick)")
+    dl.add_argument("--importance", type=_positive_int, default=None, metavar="K",
+                    help="importance samples per test digit for log p(x) (default: 1000; 20 with --quick)")
+    dl.add_argument("--seed", type=_non_negative_int, default=d["seed"],
+                    help="seeds initialisation, training and measuring")
+    dl.add_argument("--quick", action="store_true", help="a small, fast version of everything (a smoke test)")
+    dl.set_defaults(func=cmd_discrete)
 
     ae = command("autoencoders",
                  help="autoencoder vs denoising autoencoder vs VAE: random codes and noisy inputs",
@@ -424,7 +500,11 @@ def _check_training_memory(model_config, batch_size, samples, sample_option):
     hidden, Z = model_config["hidden_dims"], model_config["latent_dim"]
     model_bytes = 4 * item * estimate_parameters(model_config)
     rows = batch_size * samples
-    step_bytes = 6 * item * rows * (sum(hidden) + model_config["input_dim"] + 3 * Z)
+    # A convolutional model's feature maps, encoder's and decoder's (the decoder's are the larger).
+    maps = (make_networks("conv", model_config["input_dim"], hidden, model_config["activation"],
+                          model_config.get("image_shape"), model_config.get("channels")).activations_per_row
+            if model_config.get("arch") == "conv" else 0)
+    step_bytes = 6 * item * rows * (sum(hidden) + 2 * maps + model_config["input_dim"] + 3 * Z)
     have = f"this machine has {_format_bytes(limit)}"
     if model_bytes > limit:
         option = (f"--hidden {' '.join(map(str, hidden))}" if hidden and max(hidden) >= Z
@@ -449,6 +529,12 @@ def _test_pixels(run, dataset):
     _, x_test = prepare_pixels(dataset.x_train[:1], dataset.x_test, run.config.binarize, run.config.seed,
                                run.model.likelihood.name)
     return x_test
+
+
+def _condition(model, y, idx=None):
+    """The keyword arguments that carry a model's condition: {"y": the labels y[idx]} for a conditional
+    VAE, {} for a model that reads none (a DiscreteVAE's methods take no y at all)."""
+    return {"y": labels_for(model, y, idx)} if model.cond_dim else {}
 
 
 def _write_figures(run, dataset, run_dir, seed=0):
@@ -485,22 +571,29 @@ def _train_new(args):
     name = args.dataset if args.data_dir is None else os.path.basename(os.path.normpath(args.data_dir))
     dataset = load_dataset(args.dataset if args.data_dir is None else name, data_dir=args.data_dir,
                            download=args.download)
+    code = _code_options(args)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                         n_samples=args.samples, estimator=args.estimator, baseline=args.baseline,
+                         n_samples=args.samples, estimator=code["estimator"], baseline=args.baseline,
                          objective=args.objective, k=args.k, beta=args.beta,
-                         warmup_epochs=args.warmup, binarize=args.binarize, clip_norm=args.clip_norm,
-                         seed=args.seed)
+                         warmup_epochs=args.warmup, binarize=code["binarize"], clip_norm=args.clip_norm,
+                         seed=args.seed, temperature=args.temperature, temperature_min=args.temperature_min,
+                         anneal_rate=args.anneal_rate or 0.0)
     arch = dict(hidden_dims=tuple(args.hidden), latent_dim=args.latent_dim, likelihood=args.likelihood,
                 obs_var=args.obs_var, activation=args.activation, seed=args.seed, dtype=np.dtype(args.dtype),
-                posterior=args.posterior, **_likelihood_options(args.likelihood, vars(args)))
+                **_likelihood_options(args.likelihood, vars(args)))
+    networks = _network_options(args, dataset)
+    arch.update({"latent": args.latent, "n_categories": code["categories"]} if args.latent != "gaussian"
+                else {"posterior": args.posterior, **networks})
     if args.conditional and dataset.y_train is None:
         raise ValueError(f"--conditional needs labels, and {dataset.name} has none")
     n_classes = int(dataset.y_train.max()) + 1 if args.conditional else None
     _check_training_memory({"input_dim": dataset.input_dim, **arch, **({"n_classes": n_classes} if n_classes else {})},
                            config.batch_size, config.k if config.objective == "iwae" else config.n_samples,
                            "--k" if config.objective == "iwae" else "--samples")
-    model = (ConditionalVAE(dataset.input_dim, n_classes=n_classes, **arch) if args.conditional
+    model = (DiscreteVAE(dataset.input_dim, **arch) if args.latent != "gaussian" else
+             ConditionalVAE(dataset.input_dim, n_classes=n_classes, **arch) if args.conditional
              else VAE(dataset.input_dim, **arch))
+    check_config_for_model(model, config)       # before any directory is made
     data = {"dataset": name, "data_dir": None if args.data_dir is None else os.path.abspath(args.data_dir)}
 
     out, created = _out_dir(args.out, name)
@@ -521,6 +614,62 @@ def _train_new(args):
             raise
 
 
+def _code_options(args):
+    """The estimator, binarisation and number of classes of a new run: as typed, else the defaults of
+    its code (DEFAULTS for a Gaussian one, DISCRETE_DEFAULTS for a discrete one), after refusing, one
+    line each, the options that mean nothing for that code or that estimator."""
+    latent, given = args.latent, args.given
+    discrete = latent != "gaussian"
+    estimator = args.estimator or (DISCRETE_DEFAULTS if discrete else DEFAULTS)["estimator"]
+    refusals = [
+        (discrete and "posterior" in given, f"--posterior is the covariance of a Gaussian code; --latent {latent} "
+                                            "has none"),
+        (discrete and args.conditional, f"--conditional trains a conditional VAE with a Gaussian code, not with "
+                                        f"--latent {latent}"),
+        (discrete and args.objective != "elbo", f"--objective {args.objective} is for a Gaussian code; a discrete "
+                                                "code trains on the K-sample bound with --estimator vimco --samples K"),
+        ("categories" in given and latent != "categorical", "--categories applies to --latent categorical only"),
+        (discrete and estimator not in DISCRETE_ESTIMATORS,
+         f"--estimator {estimator} does not train a discrete code (--latent {latent}); choose one of "
+         f"{', '.join(DISCRETE_ESTIMATORS)}"),
+        (not discrete and estimator not in ESTIMATORS,
+         f"--estimator {estimator} trains a discrete code: add --latent bernoulli or --latent categorical"),
+        (estimator == "vimco" and args.samples < 2,
+         f"--estimator vimco needs --samples K >= 2 (each of the K samples gets a baseline from the others); "
+         f"got --samples {args.samples}"),
+        (estimator not in RELAXED_ESTIMATORS and bool({"temperature", "temperature_min", "anneal_rate"} & given),
+         f"--temperature, --temperature-min and --anneal-rate apply to --estimator {' and '.join(RELAXED_ESTIMATORS)}, "
+         f"which relax the code; --estimator {estimator} takes none"),
+        ((args.temperature_min is None) != (args.anneal_rate is None),
+         "--temperature-min and --anneal-rate go together: tau = max(T_MIN, tau_0 exp(-R t))"),
+        (args.temperature_min is not None and args.temperature_min > args.temperature,
+         f"--temperature-min {args.temperature_min} exceeds --temperature {args.temperature}, where the "
+         "annealing starts"),
+    ]
+    for refused, message in refusals:
+        if refused:
+            raise ValueError(message)
+    binarize = args.binarize or (DISCRETE_DEFAULTS["binarize"] if discrete and args.likelihood == "bernoulli"
+                                 else DEFAULTS["binarize"])
+    categories = (args.categories or DISCRETE_DEFAULTS["categories"]) if latent == "categorical" else 2
+    return {"estimator": estimator, "binarize": binarize, "categories": categories}
+
+
+def _network_options(args, dataset):
+    """The model's arguments for --arch: {"arch": "conv", "image_shape": the dataset's, "channels": ...}
+    for conv, {} for the MLP (the VAE's default), after refusing --channels without --arch conv and
+    --arch conv with a discrete --latent (DiscreteVAE has MLP networks only)."""
+    if args.arch != "conv":
+        if "channels" in args.given:
+            raise ValueError("--channels applies to --arch conv only")
+        return {}
+    if args.latent != "gaussian":
+        raise ValueError(f"--arch conv trains a VAE with a Gaussian code; --latent {args.latent} has MLP networks only")
+    if dataset.image_shape is None:
+        raise ValueError(f"--arch conv needs images, and {dataset.name} has no image shape")
+    return {"arch": "conv", "image_shape": tuple(dataset.image_shape), "channels": tuple(args.channels)}
+
+
 def _likelihood_options(likelihood, options):
     """The options a likelihood uses, out of ``options`` (a dict with decoder_mean and obs_std_min):
     decoder_mean for the two Gaussians, obs_std_min for gaussian-learned. The others are not given
@@ -533,8 +682,13 @@ def _saved_options(run):
     """The value each option of RESUME_KEEPS had when the run was created, as argparse gives it
     (the options its likelihood does not use are left out)."""
     m, c, d = run.model.config, run.config, run.data
-    return {"hidden": list(m["hidden_dims"]), "latent_dim": m["latent_dim"], "activation": m["activation"],
-            "likelihood": m["likelihood"], "obs_var": m["obs_var"], "posterior": m["posterior"],
+    return {"arch": m.get("arch", "mlp"), "channels": m.get("channels"),
+            "hidden": list(m["hidden_dims"]), "latent_dim": m["latent_dim"], "activation": m["activation"],
+            "likelihood": m["likelihood"], "obs_var": m["obs_var"], "posterior": m.get("posterior", "diag"),
+            "latent": m.get("latent", "gaussian"),
+            "categories": m["n_categories"] if m.get("latent") == "categorical" else None,
+            "temperature": c.temperature, "temperature_min": c.temperature_min,
+            "anneal_rate": c.anneal_rate if c.anneal_rate else None,
             "conditional": "n_classes" in m, "dtype": m["dtype"], "objective": c.objective, "k": c.k,
             "estimator": c.estimator, "baseline": c.baseline, "samples": c.n_samples, "beta": c.beta,
             "warmup": c.warmup_epochs, "binarize": c.binarize, "batch_size": c.batch_size,
@@ -645,12 +799,15 @@ def _evaluate(run, x_test, K, run_dir, seed, limit=None, y_test=None):
     elbo = evaluate_elbo(run.model, x_test, fixed_test_noise(run.model, x_test.shape[0], run.config.seed), y=y_test)
     rng = np.random.default_rng(seed)
     ll = np.concatenate([run.model.log_likelihood(x_test[i:i + 100], n_importance=K, rng=rng,
-                                                  y=labels_for(run.model, y_test, slice(i, i + 100)))
+                                                  **_condition(run.model, y_test, slice(i, i + 100)))
                          for i in range(0, x_test.shape[0], 100)]).astype(np.float64)
-    from .lab.diagnostics import active_units
-    n_active, unit_var = active_units(run.model, x_test, y=y_test)
+    if isinstance(run.model, DiscreteVAE):
+        from .lab.discrete_lab import active_units
+    else:
+        from .lab.diagnostics import active_units
+    n_active, unit_var = active_units(run.model, x_test, **_condition(run.model, y_test))
     result = {"epoch": run.epoch, "n_test": int(x_test.shape[0]), "test_elbo": elbo["elbo"],
-              "kl_per_dim": elbo["kl_per_dim"], "active_units": n_active,
+              "kl_per_dim": elbo["kl_per_dim"], "kl_offdiag": elbo["kl_offdiag"], "active_units": n_active,
               "active_unit_variance": unit_var.tolist(),
               "test_rec": elbo["rec"], "test_kl": elbo["kl"], "importance_samples": K,
               "test_log_likelihood": float(ll.mean()),
@@ -660,8 +817,15 @@ def _evaluate(run, x_test, K, run_dir, seed, limit=None, y_test=None):
           f"log p(x) ~ {result['test_log_likelihood']:.2f} nats (K={K}, {len(ll)} points, "
           f"{result['seconds']:.1f}s)")
     kl_dims = " ".join(f"{v:.2f}" for v in sorted(elbo["kl_per_dim"], reverse=True))
-    print(f"active units (Var_x E[z_j|x] > 0.01): {n_active} of {run.model.latent_dim};  "
-          f"KL per dimension, largest first: {kl_dims}")
+    # A full-covariance posterior's KL has no per-dimension split: its diagonal terms are listed
+    # and the part its correlations add is given apart (docs/ppca.md, section 6).
+    # A discrete code's KL is the sum of its units' (variables') KLs (docs/discrete.md, section 2).
+    posterior = run.model.config.get("posterior")
+    kl_parts = (f"KL per {'unit' if run.model.posterior.name == 'bernoulli' else 'variable'}, largest first: "
+                f"{kl_dims}" if posterior is None else
+                f"KL per dimension, largest first: {kl_dims}" if posterior == "diag" else
+                f"diagonal terms of the KL, largest first: {kl_dims}; off-diagonal part {elbo['kl_offdiag']:.2f}")
+    print(f"active units (Var_x E[z_j|x] > 0.01): {n_active} of {run.model.latent_dim};  {kl_parts}")
     path = os.path.join(run_dir, "evaluation.json")
     with _writing(path):
         atomic_write_json(path, result)
@@ -704,7 +868,7 @@ def cmd_reconstruct(args):
     run = load_run(run_dir)
     dataset = _dataset_for(run.data)
     x = _test_pixels(run, dataset)[:args.n]
-    rec = run.model.reconstruct(x, y=labels_for(run.model, dataset.y_test, slice(args.n)))
+    rec = run.model.reconstruct(x, **_condition(run.model, dataset.y_test, slice(args.n)))
     with _writing(path):
         plot_reconstructions(x, rec, path, n=args.n)
     print(f"wrote {path} ({len(x)} test digits above their reconstructions)")
@@ -738,6 +902,19 @@ def cmd_estimators(args):
         run_lab(out, dataset=DEFAULTS["dataset"], quick=args.quick, epochs=args.epochs, R=args.R,
                 Ls=args.samples, hidden_dims=hidden, latent_dim=latent, seed=args.seed)
     print(f"estimator lab finished in {time.perf_counter() - start:.1f}s; output directory: {out}")
+    return 0
+
+
+def cmd_discrete(args):
+    from .lab.discrete_lab import run_discrete_lab  # matplotlib is only imported when the lab runs
+    out, _ = _out_dir(args.out, "discrete")
+    with run_lock(out):
+        args.on_interrupt = lambda: (f"interrupted before the lab finished; {out} holds none or only some of its "
+                                     "files (run it again)")
+        start = time.perf_counter()
+        run_discrete_lab(out, dataset=DEFAULTS["dataset"], quick=args.quick, latents=tuple(dict.fromkeys(args.latent)),
+                         epochs=args.epochs, importance=args.importance, seed=args.seed)
+    print(f"discrete lab finished in {time.perf_counter() - start:.1f}s; output directory: {out}")
     return 0
 
 

@@ -151,19 +151,19 @@ def kl_full_gaussians(mu_q, cov_q, mu_p, cov_p):
     """KL( N(mu_q, cov_q) || N(mu_p, cov_p) ) for full covariance matrices.   Eq. (K1), docs/kl.md
 
         KL = 1/2 * ( tr(cov_p^{-1} cov_q) + (mu_p - mu_q)^T cov_p^{-1} (mu_p - mu_q)
-                     - k + log det cov_p - log det cov_q )
+                     - Z + log det cov_p - log det cov_q )
 
-    Shapes: mu (..., k), cov (..., k, k) (leading batch axes broadcast). Computed in float64,
+    Shapes: mu (..., Z), cov (..., Z, Z) (leading batch axes broadcast). Computed in float64,
     through Cholesky factors. Raises TypeError for non-real input and ValueError, naming the
     argument, for NaN or inf, wrong shapes, or a covariance that is not symmetric positive definite.
     """
     mu_q, cov_q, mu_p, cov_p = (check.check_finite_array(a, name) for a, name in
                                 ((mu_q, "mu_q"), (cov_q, "cov_q"), (mu_p, "mu_p"), (cov_p, "cov_p")))
-    k = mu_q.shape[-1] if mu_q.ndim else 0
-    if (mu_q.ndim == 0 or mu_p.ndim == 0 or mu_p.shape[-1] != k
-            or cov_q.shape[-2:] != (k, k) or cov_p.shape[-2:] != (k, k)):
-        raise ValueError(f"kl_full_gaussians: expected means mu_q, mu_p of shape (..., k) and covariances "
-                         f"cov_q, cov_p of shape (..., k, k); got {mu_q.shape}, {cov_q.shape}, {mu_p.shape}, "
+    Z = mu_q.shape[-1] if mu_q.ndim else 0
+    if (mu_q.ndim == 0 or mu_p.ndim == 0 or mu_p.shape[-1] != Z
+            or cov_q.shape[-2:] != (Z, Z) or cov_p.shape[-2:] != (Z, Z)):
+        raise ValueError(f"kl_full_gaussians: expected means mu_q, mu_p of shape (..., Z) and covariances "
+                         f"cov_q, cov_p of shape (..., Z, Z); got {mu_q.shape}, {cov_q.shape}, {mu_p.shape}, "
                          f"{cov_p.shape}")
     for name, cov in (("cov_q", cov_q), ("cov_p", cov_p)):
         # Cholesky reads one triangle only: an asymmetric matrix would silently be replaced by
@@ -175,18 +175,18 @@ def kl_full_gaussians(mu_q, cov_q, mu_p, cov_p):
         chol_p = np.linalg.cholesky(cov_p)
     except np.linalg.LinAlgError as exc:
         raise ValueError("kl_full_gaussians: covariances cov_q and cov_p must be positive definite") from exc
-    # log det S = 2 sum log diag(chol(S))
+    # log det cov = 2 sum log diag(G) for its Cholesky factor cov = G G^T (here chol_q, chol_p)
     logdet_q = 2.0 * np.sum(np.log(np.diagonal(chol_q, axis1=-2, axis2=-1)), axis=-1)
     logdet_p = 2.0 * np.sum(np.log(np.diagonal(chol_p, axis1=-2, axis2=-1)), axis=-1)
-    # With cov_p = Lp Lp^T: tr(cov_p^{-1} cov_q) = ||Lp^{-1} Lq||_F^2 and the Mahalanobis
-    # term is ||Lp^{-1} (mu_p - mu_q)||^2; solving against Lp avoids forming an inverse.
+    # With cov_p = G_p G_p^T: tr(cov_p^{-1} cov_q) = ||G_p^{-1} G_q||_F^2 and the Mahalanobis
+    # term is ||G_p^{-1} (mu_p - mu_q)||^2; solving against G_p avoids forming an inverse.
     with np.errstate(over="ignore", invalid="ignore"):     # an overflow is refused just below
         a = np.linalg.solve(chol_p, chol_q)
         trace = np.sum(a * a, axis=(-2, -1))
         diff = (mu_p - mu_q)[..., None]
         m = np.linalg.solve(chol_p, np.broadcast_to(diff, np.broadcast_shapes(diff.shape, chol_p.shape[:-1] + (1,))))
         maha = np.sum(m * m, axis=(-2, -1))
-        kl = 0.5 * (trace + maha - k + logdet_p - logdet_q)
+        kl = 0.5 * (trace + maha - Z + logdet_p - logdet_q)
     if not np.all(np.isfinite(kl)):
         raise ValueError("kl_full_gaussians: the KL overflows float64 (the two Gaussians differ by "
                          "too many orders of magnitude in scale or location)")
@@ -223,7 +223,7 @@ def log_standard_normal(z):
 
 
 def gaussian_log_likelihood(x, mean, var):
-    """log N(x; mean, var * I) with a fixed scalar variance (the seeds' lambda).   Eq. (G4), docs/distributions.md
+    """log N(x; mean, var * I), fixed scalar variance var = lambda (``obs_var``).   Eq. (G4), docs/distributions.md
 
         log p(x|z) = -D/2 log(2 pi var) - ||x - mean||^2 / (2 var)
     """
@@ -447,14 +447,14 @@ def make_likelihood(name, obs_var=1.0, decoder_mean="identity", obs_std_min=None
 
 
 # ---------------------------------------------------------------------------
-# Full-covariance Gaussian posterior through its Cholesky factor
+# Full-covariance Gaussian posterior through its Cholesky factor (docs/kl.md, section 6)
 # ---------------------------------------------------------------------------
 #
-# The factor is L = diag(exp(logvar / 2)) + T, with T strictly lower-triangular. Its diagonal
-# is positive by construction (an exponential), so L L^T is always a valid covariance, and
-# with T = 0 everything reduces to the diagonal case: logvar keeps its meaning as the log of
-# the squared diagonal of L. T is stored as the Z(Z-1)/2 entries below the diagonal, in the
-# row-major order of np.tril_indices(Z, -1).
+# The factor is G = diag(exp(logvar / 2)) + T, with T strictly lower-triangular. Its diagonal
+# is positive by construction (an exponential), so G G^T is always a valid covariance, every
+# covariance has exactly one such factor (Eq. (F4)), and with T = 0 everything reduces to the
+# diagonal case: logvar keeps its meaning as the log of the squared diagonal of G. T is stored
+# as the Z(Z-1)/2 entries below the diagonal, in the row-major order of np.tril_indices(Z, -1).
 
 def tril_to_matrix(tril, Z):
     """(..., Z(Z-1)/2) strictly-lower entries -> (..., Z, Z) matrix T, zero on and above the diagonal."""
@@ -465,11 +465,11 @@ def tril_to_matrix(tril, Z):
 
 
 def reparameterize_full(mu, logvar, tril, eps):
-    """z = mu + L eps with L = diag(exp(logvar/2)) + T.   Eq. (F1), docs/kl.md
+    """z = mu + G eps with G = diag(exp(logvar/2)) + T.   Eq. (F1), docs/kl.md
 
-    mu, logvar (B, Z); tril (B, Z(Z-1)/2); eps (L, B, Z) -> z (L, B, Z). Then
-    Cov z = L L^T, and log q(z) = -1/2 sum_j (log 2 pi + logvar_j + eps_j^2) because
-    log det L = 1/2 sum_j logvar_j (a triangular matrix's determinant is its diagonal's product).
+    mu, logvar (B, Z); tril (B, Z(Z-1)/2); eps (L, B, Z) for L samples -> z (L, B, Z). Then
+    Cov z = G G^T, and log q(z) = -1/2 sum_j (log 2 pi + logvar_j + eps_j^2) because
+    log det G = 1/2 sum_j logvar_j (a triangular matrix's determinant is its diagonal's product).
     """
     T = tril_to_matrix(tril, mu.shape[-1])
     return mu + np.exp(0.5 * logvar) * eps + np.einsum("bij,lbj->lbi", T, eps)
@@ -493,10 +493,10 @@ def reparameterize_full_backward(dz, logvar, tril, eps):
 
 
 def kl_full_gaussian_standard(mu, logvar, tril):
-    """KL( N(mu, L L^T) || N(0, I) ) with L = diag(exp(logvar/2)) + T.   Eq. (F3), docs/kl.md
+    """KL( N(mu, G G^T) || N(0, I) ) with G = diag(exp(logvar/2)) + T.   Eq. (F3), docs/kl.md
 
-    From Eq. (K1) with tr(L L^T) = sum_j exp(logvar_j) + sum_{i>j} T_ij^2 and
-    log det(L L^T) = sum_j logvar_j:
+    From Eq. (K1) with tr(G G^T) = sum_j exp(logvar_j) + sum_{i>j} T_ij^2 and
+    log det(G G^T) = sum_j logvar_j:
         KL = 1/2 sum_j (mu_j^2 + exp(logvar_j) - 1 - logvar_j) + 1/2 sum_{i>j} T_ij^2
     i.e. the diagonal KL (Eq. K2) plus half the squared off-diagonal entries.
     Its gradient: the diagonal one (Eq. K3) for mu and logvar, and dKL/dT_ij = T_ij.
@@ -505,7 +505,7 @@ def kl_full_gaussian_standard(mu, logvar, tril):
 
 
 def log_q_from_eps(logvar, eps):
-    """log q(z|x) at z = mu + L eps, written with eps:  -1/2 sum_j (log 2pi + logvar_j + eps_j^2).
+    """log q(z|x) at z = mu + G eps, written with eps:  -1/2 sum_j (log 2pi + logvar_j + eps_j^2).
     Eq. (I3), docs/importance.md. Holds for the diagonal and the full-covariance posterior alike."""
     return -0.5 * np.sum(LOG_2PI + logvar + eps * eps, axis=-1)
 
@@ -556,7 +556,7 @@ class DiagonalGaussianPosterior:
 
 
 class FullGaussianPosterior(DiagonalGaussianPosterior):
-    """q(z|x) = N(mu, L L^T) with L = diag(exp(logvar/2)) + T: heads "mu", "logvar" (B, Z) and
+    """q(z|x) = N(mu, G G^T) with G = diag(exp(logvar/2)) + T: heads "mu", "logvar" (B, Z) and
     "tril" (B, Z(Z-1)/2), the strictly lower entries of T. Eqs. (F1)-(F3), docs/kl.md."""
 
     name = "full"
@@ -566,7 +566,7 @@ class FullGaussianPosterior(DiagonalGaussianPosterior):
         self.head_widths = {"mu": latent_dim, "logvar": latent_dim, "tril": latent_dim * (latent_dim - 1) // 2}
 
     def sample(self, q, eps):
-        """z (L, B, Z) = mu + L eps.   Eq. (F1), docs/kl.md"""
+        """z (L, B, Z) = mu + G eps.   Eq. (F1), docs/kl.md"""
         return reparameterize_full(q["mu"], q["logvar"], q["tril"], eps)
 
     def sample_backward(self, q, eps, dz):

@@ -6,15 +6,17 @@ f(z) = log p(x|z), the encoder needs  d/d(mu, logvar) E_q[f(z)].  Three ways
 
 * **reparameterization** (Eq. (R2), docs/reparameterization.md): differentiate through
   z = mu + sigma * eps; uses df/dz, which the decoder's backward pass provides.
-* **score function / REINFORCE** (Eq. (S1), docs/estimators.md): E_q[(f(z) - b) d log q(z)/dphi],
+* **score function / REINFORCE** (Eq. (S1), docs/estimators.md): E_q[(f(z) - c) d log q(z)/dphi],
   which needs only the values f(z_l). For the diagonal Gaussian, written with eps = (z - mu)/sigma,
       d log q / d mu     = eps / sigma                 Eq. (S2), docs/estimators.md
       d log q / d logvar = (eps^2 - 1) / 2
-  Any baseline b that does not depend on the sample z_l keeps it unbiased, because
+  Any baseline c that does not depend on the sample z_l keeps it unbiased, because
   E_q[d log q / dphi] = 0.
 * **sticking the landing** (Roeder, Wu & Duvenaud 2017; Eq. (T1), docs/estimators.md): the
-  ELBO in its Monte Carlo entropy form, f + log p(z) - log q(z|x), differentiated along the
-  path z(phi, eps) only, with the score term of log q dropped (its expectation is zero).
+  loss with its KL sampled too (the Monte Carlo entropy form, f - beta (log q(z|x) - log p(z))),
+  differentiated along the path z(phi, eps) only. Of the two parts of d/dphi log q(z(phi)|x),
+  the path and the score (Eq. (T3), docs/estimators.md), the score is dropped: its expectation
+  is zero.
 
 Every estimator is a function with one signature, registered in ESTIMATORS:
 
@@ -84,8 +86,9 @@ def blocked(posterior, sample, dz, beta, baseline=None):
 
 
 def score_function(posterior, sample, dz, beta, baseline=None):
-    """REINFORCE: (f - b) d log q / d phi with f = log p(x|z), Eq. (S1), docs/estimators.md, plus the
-    KL's gradient. The baseline sees the signals first (value), then learns from them (observe)."""
+    """REINFORCE: (f - c) d log q / d phi with f = log p(x|z) and a baseline c, Eq. (S1),
+    docs/estimators.md, plus the KL's gradient. The baseline sees the signals first (value), then
+    learns from them (observe)."""
     f = sample.log_px
     b = 0.0 if baseline is None else baseline.value(sample.x, f)
     dmu, dlogvar = score_function_grad(f, sample.eps, sample.q["logvar"], b)
@@ -95,8 +98,10 @@ def score_function(posterior, sample, dz, beta, baseline=None):
 
 
 def sticking_the_landing(posterior, sample, dz, beta, baseline=None):
-    """Pathwise, with the ELBO in its Monte Carlo entropy form and the score term of log q dropped,
-    Eq. (T1), docs/estimators.md: the KL's path gradient in z (Eq. (T2)) joins the decoder's."""
+    """Pathwise, with the loss in its Monte Carlo entropy form and the score term of log q dropped,
+    Eq. (T1), docs/estimators.md: the gradient of the loss (beta included) along z = mu + sigma eps
+    only. The KL's path gradient in z, beta (z - eps / sigma) (Eq. (T2)), times 1/(L B), joins the
+    decoder's d loss / dz before the reparameterization backward pass."""
     L, B = sample.log_px.shape
     dz_kl = stl_path_grad_z(sample.eps, sample.z, sample.q["logvar"], beta) * (1.0 / (L * B))
     return posterior.sample_backward(sample.q, sample.eps, dz + dz_kl)
@@ -160,7 +165,7 @@ def score_function_grad(f, eps, logvar, baseline=0.0):
 
 
 def leave_one_out_baseline(f):
-    """b_lb = mean of f over the other L - 1 samples of datapoint b.   Eq. (S4), docs/estimators.md
+    """c_lb = mean of f over the other L - 1 samples of datapoint b.   Eq. (S4), docs/estimators.md
 
     Independent of sample l, so it keeps the estimator unbiased; needs L >= 2. f: (L, B) -> (L, B).
     """
@@ -189,7 +194,7 @@ def stl_path_grad_z(eps, z, logvar, beta=1.0):
 # ---------------------------------------------------------------------------
 
 class LeaveOneOutBaseline:
-    """b_lb = the mean of f over the other L - 1 samples of datapoint b (needs L >= 2).
+    """c_lb = the mean of f over the other L - 1 samples of datapoint b (needs L >= 2).
     Eq. (S4), docs/estimators.md. Stateless: it learns nothing."""
 
     frozen = False
@@ -208,8 +213,9 @@ class LeaveOneOutBaseline:
 
 
 class EMABaseline:
-    """b = exponential moving average of the batch-mean signal:  b <- decay b + (1 - decay) mean(f).
-    Eq. (S3), docs/estimators.md. Computed from earlier minibatches only, so unbiased."""
+    """c = exponential moving average of the batch-mean signal:  c <- decay c + (1 - decay) mean(f).
+    Eq. (S3), docs/estimators.md. It starts at the first minibatch's mean (0 before any). Computed
+    from earlier minibatches only, so unbiased."""
 
     def __init__(self, decay=0.9):
         self.decay = check_finite_number(decay, "decay", low=0.0, high=1.0, high_inclusive=False)
@@ -233,13 +239,15 @@ class EMABaseline:
 
 
 class LearnedBaseline:
-    """An input-dependent baseline b(x): a small MLP regressing the signal (NVIL, Mnih & Gregor
-    2014).   Eq. (S5), docs/estimators.md
+    """An input-dependent baseline c_psi(x): a running mean plus a small MLP regressing the signal
+    (NVIL, Mnih & Gregor 2014).   Eq. (S5), docs/estimators.md
 
-    b(x) = MLP(x) -> Linear -> scalar. Trained alongside the VAE by Adam on the squared error
-    1/2 mean_b (fbar_b - b(x_b))^2, where fbar_b is the mean of f over the L samples of x_b. Its
-    output for the current minibatch is computed before that minibatch's update, so it does not
-    depend on the samples it is subtracted from.
+    c_psi(x) = c_bar + MLP_psi(x), MLP_psi = (Linear -> tanh) -> Linear -> scalar, and c_bar
+    (``shift``) a running mean of the signal, so the network learns only the residual around it.
+    After each minibatch: c_bar <- 0.9 c_bar + 0.1 mean_b fbar_b (the first minibatch's mean to
+    start), then one Adam step on 1/2 mean_b (fbar_b - c_bar - MLP_psi(x_b))^2, where fbar_b is the
+    mean of f over the L samples of x_b. Its output for the current minibatch is computed before
+    both updates, so it does not depend on the samples it is subtracted from.
     """
 
     def __init__(self, input_dim, hidden=100, lr=1e-3, seed=0, dtype=np.float32, activation="tanh"):
@@ -249,7 +257,7 @@ class LearnedBaseline:
         self.params = named({"trunk": self.trunk, "head": self.head})
         self.optimizer = Adam(self.params, lr=lr)
         self.frozen = False
-        self.shift = None  # running mean of fbar, so the net learns a residual of order one
+        self.shift = None  # c_bar of Eq. (S5): running mean of fbar; the net learns the residual
 
     def forward(self, x):
         return self.head.forward(self.trunk.forward(x))[:, 0] + (0.0 if self.shift is None else self.shift)

@@ -1,14 +1,14 @@
 """Numerical gradient checking: the test every hand-written backward pass must pass.
 
 The analytic gradient from a backward pass is compared with central differences
-(docs/gradcheck.md, Eq. (C1), docs/gradcheck.md):
+(Eq. (C1), docs/gradcheck.md), for a scalar function f of an array x:
 
-    df/dtheta_i  ~=  ( f(theta + h e_i) - f(theta - h e_i) ) / (2 h)
+    df/dx_i  ~=  ( f(x + h e_i) - f(x - h e_i) ) / (2 h)
 
-whose truncation error is O(h^2 f''') and whose rounding error is about 1e-16 |f| / h.
-The default h = 1e-5 balances the two in float64 (measured on the VAE tests: h = 1e-6
-gives up to 1e-7 on arrays with small gradients, h = 1e-5 gives ~5e-9), so a correct
-gradient agrees to roughly 1e-8.
+whose truncation error is h^2 f''' / 6 (f''' along e_i) and whose rounding error is about
+u |f| / h, u = 1.1e-16 the unit roundoff of float64. The default h = 1e-5 balances the two in
+float64 (measured on the VAE tests: the worst relative error is 1e-7 at h = 1e-6, 8e-9 at
+h = 1e-5), so a correct gradient agrees to roughly 1e-8.
 
 Piecewise-linear units (ReLU) have kinks: if a pre-activation lies within h of 0, the
 difference quotient straddles the kink and disagrees with either one-sided derivative.

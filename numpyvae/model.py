@@ -3,12 +3,15 @@
 Generative model (Eq. (E1), docs/elbo.md):   z ~ N(0, I),   x | z ~ p_theta(x | z)
 Inference model (Eq. (E4), docs/elbo.md):    q_phi(z | x) = N(mu(x), diag(exp(logvar(x))))
 
-The encoder is an MLP trunk followed by one head per parameter of the posterior ("mu" and
-"logvar", plus "tril" for a full-covariance posterior); the decoder is an MLP trunk with the
-hidden widths reversed, followed by one head per output of the likelihood ("out": logits or
-mean; "logvar" for the learned-variance Gaussian). Every log-variance head is a Linear layer
-followed by a smooth bound, SoftClip (Eq. (B8), docs/backprop.md), and starts with zero weights
-and bias, so every input starts at variance 1 (docs/elbo.md, section 4). What the heads mean
+The encoder is a trunk followed by one head per parameter of the posterior ("mu" and
+"logvar", plus "tril" for a full-covariance posterior); the decoder is a trunk followed by one
+head per output of the likelihood ("out": logits or mean; "logvar" for the learned-variance
+Gaussian). The trunks are MLPs by default, the decoder's with the hidden widths reversed; with
+arch="conv", convolutional networks (numpyvae.convnet). Which trunks and output layers a model
+has is the business of ``model.networks`` (MLPNetworks below, or numpyvae.convnet.ConvNetworks).
+Every log-variance head is a Linear layer (a transposed convolution at the end of a convolutional
+decoder) followed by a smooth bound, SoftClip (Eq. (B8), docs/backprop.md), and starts with zero
+weights and bias, so every input starts at variance 1 (docs/elbo.md, section 4). What the heads mean
 is the business of two small objects: the posterior family (``model.posterior``,
 numpyvae.distributions.DiagonalGaussianPosterior or FullGaussianPosterior) and the likelihood
 (``model.likelihood``).
@@ -18,7 +21,7 @@ Per datapoint, with L reparameterized samples z_l = mu + exp(logvar/2) * eps_l,
     ELBO(x) = 1/L sum_l log p(x | z_l)  -  KL(q(z|x) || N(0, I))        Eq. (E6), docs/elbo.md
 
 with the KL in closed form, Eq. (K2), docs/kl.md. ``loss_and_grads`` returns
-loss = mean_b -( 1/L sum_l log p(x_b | z_bl) - beta * KL_b ) and its gradient with respect
+loss = mean_b -( 1/L sum_l log p(x_b | z_lb) - beta * KL_b ) and its gradient with respect
 to every parameter, by the backward pass of Eq. (B7), docs/backprop.md; read it top to bottom.
 
 A condition: every public method takes labels ``y`` as a keyword. A plain VAE takes none;
@@ -35,10 +38,12 @@ from .distributions import (
     LOGVAR_RANGE, log_mean_exp, log_standard_normal, log_q_from_eps, make_likelihood, make_posterior,
     normalized_importance_weights,
 )
+from .convnet import ConvNetworks
 from .estimators import ForwardPass, choose_estimator
 from .layers import MLP, Head, Linear, SoftClip, named
 
-__all__ = ["VAE", "DEFAULT_HIDDEN_DIMS", "DEFAULT_LATENT_DIM", "DEFAULT_ACTIVATION"]
+__all__ = ["VAE", "DEFAULT_HIDDEN_DIMS", "DEFAULT_LATENT_DIM", "DEFAULT_ACTIVATION", "MLPNetworks",
+           "ARCHITECTURES", "make_networks"]
 
 # The one default architecture: VAE(), the command line, the lab and the tutorials all start
 # from it (784-400-20 ReLU on MNIST, as pytorch/examples' VAE).
@@ -56,14 +61,64 @@ POSTERIOR_LOGVAR_RANGE = LOGVAR_RANGE
 LOG_LIKELIHOOD_CHUNK_BYTES = 64 << 20
 
 
+class MLPNetworks:
+    """The fully-connected architecture (arch="mlp", the default): what the VAE builds its trunks and
+    output heads from. The encoder trunk is an MLP of ``hidden_dims``, the decoder's an MLP of the
+    widths reversed, and each output head a Linear layer from the decoder's last width (or the code,
+    with no hidden layer) to the D pixels. numpyvae.convnet.ConvNetworks is the other architecture,
+    with the same methods."""
+
+    name = "mlp"
+    config = {"arch": "mlp", "image_shape": None, "channels": None}
+
+    def __init__(self, hidden_dims, activation):
+        self.hidden_dims, self.activation = tuple(hidden_dims), activation
+
+    def describe(self, input_dim, latent_dim):
+        """"784-400-20" for __repr__."""
+        return "-".join(str(d) for d in (input_dim,) + self.hidden_dims + (latent_dim,))
+
+    def encoder(self, in_width, rng, dtype):
+        return MLP((in_width,) + self.hidden_dims, self.activation, rng, dtype)
+
+    def decoder(self, code_width, rng, dtype):
+        return MLP((code_width,) + self.hidden_dims[::-1], self.activation, rng, dtype)
+
+    def output_layer(self, decoder, width, rng, dtype):
+        return Linear(decoder.out_features, width, rng, dtype)
+
+    @property
+    def activations_per_row(self):
+        """Numbers the decoder keeps per row in a forward pass: its hidden activations."""
+        return sum(self.hidden_dims)
+
+
+ARCHITECTURES = ("mlp", "conv")
+
+
+def make_networks(arch, input_dim, hidden_dims, activation, image_shape=None, channels=None):
+    """The architecture named ``arch``: MLPNetworks ("mlp"), or ConvNetworks ("conv") for images of
+    ``image_shape`` (H, W) with H W = input_dim and ``channels`` (None: the defaults). ValueError
+    naming the argument for an unknown arch, or for image_shape / channels given to "mlp"."""
+    if not isinstance(arch, str) or arch not in ARCHITECTURES:
+        raise ValueError(f"unknown arch {arch!r}; expected one of {list(ARCHITECTURES)}")
+    if arch == "conv":
+        return ConvNetworks(input_dim, hidden_dims, activation, image_shape, channels)
+    for name, value in (("image_shape", image_shape), ("channels", channels)):
+        if value is not None:
+            raise ValueError(f"{name} applies to arch='conv' only; arch='mlp' reads rows of input_dim numbers")
+    return MLPNetworks(hidden_dims, activation)
+
+
 class VAE:
-    """A VAE with a Gaussian posterior and an MLP encoder and decoder.
+    """A VAE with a Gaussian posterior and an MLP (or convolutional) encoder and decoder.
 
     Parameters
     ----------
     input_dim : int            D, the width of a datapoint (784 for MNIST).
     hidden_dims : tuple of int encoder widths; the decoder uses them reversed. ``()`` gives a
-                               linear encoder and decoder.
+                               linear encoder and decoder. For arch="conv", the encoder's dense
+                               widths after its convolutions.
     latent_dim : int           Z.
     likelihood : str           "bernoulli" (decoder gives logits), "gaussian" (fixed variance
                                ``obs_var``), or "gaussian-learned" (a per-pixel log-variance head).
@@ -79,18 +134,38 @@ class VAE:
     obs_std_min : float | None likelihood="gaussian-learned" only: the floor of every pixel's standard
                                deviation, in data units (None: no floor). docs/distributions.md, section 4.
                                Either one given to a likelihood that does not use it is a ValueError.
+    arch : str                 "mlp" (default) or "conv": convolutional trunks as in the Keras VAE
+                               example (numpyvae.convnet; Eqs. (J10), (J11) of docs/convolution.md).
+    image_shape : (H, W)       arch="conv" only: the image a row of x holds (None: square).
+    channels : tuple of int    arch="conv" only: the feature maps of each convolution (None: (32, 64)).
+                               Parameter names for arch="conv": "enc.conv0.W", ..., "enc.h0.W", ...,
+                               "dec.h0.W", "dec.upconv0.W", ..., "dec.out.W" (a transposed convolution).
     """
 
     cond_dim = 0   # C, the width of the condition appended to both networks' inputs (ConditionalVAE)
 
     def __init__(self, input_dim, hidden_dims=DEFAULT_HIDDEN_DIMS, latent_dim=DEFAULT_LATENT_DIM,
                  likelihood="bernoulli", obs_var=1.0, activation=DEFAULT_ACTIVATION, seed=0, dtype=np.float32,
-                 posterior="diag", decoder_mean="identity", obs_std_min=None):
+                 posterior="diag", decoder_mean="identity", obs_std_min=None, arch="mlp", image_shape=None,
+                 channels=None):
+        self._keep_arguments(input_dim, hidden_dims, latent_dim, likelihood, obs_var, activation, seed, dtype,
+                             decoder_mean, obs_std_min, arch, image_shape, channels)
+        self.posterior = make_posterior(posterior, self.latent_dim)
+        self._build_networks(code_width=self.latent_dim)
+        if "tril" in self.enc_heads:
+            # Start at a diagonal posterior: the off-diagonal factor grows only if it helps.
+            self.enc_heads["tril"].params["W"][...] = 0.0
+        # The live arrays, by their public names. Writing into them changes the model.
+        self.params = self._named("params")
+
+    def _keep_arguments(self, input_dim, hidden_dims, latent_dim, likelihood, obs_var, activation, seed, dtype,
+                        decoder_mean, obs_std_min, arch="mlp", image_shape=None, channels=None):
+        """Check and keep the arguments of the networks and the likelihood (numpyvae.discrete.DiscreteVAE
+        shares this method, with the default MLP networks)."""
         self.input_dim = check.check_positive_int(input_dim, "input_dim")
         self.latent_dim = check.check_positive_int(latent_dim, "latent_dim")
         self.hidden_dims = check.hidden_widths(hidden_dims)
         self.dtype = check.float_dtype(dtype)
-        self.posterior = make_posterior(posterior, self.latent_dim)
         # Checked whatever the likelihood: the config is saved as JSON, which cannot hold inf or NaN.
         self.obs_var = check.check_finite_number(obs_var, "obs_var", low=0.0, low_inclusive=False)
         self.seed = check.check_nonnegative_int(seed, "seed")
@@ -99,35 +174,36 @@ class VAE:
         self.decoder_mean = decoder_mean
         self.obs_std_min = None if obs_std_min is None else float(obs_std_min)
         self.activation = activation
+        self.networks = make_networks(arch, self.input_dim, self.hidden_dims, activation, image_shape, channels)
 
-        rng = np.random.default_rng(seed)
-        D, Z, H, C = self.input_dim, self.latent_dim, self.hidden_dims, self.cond_dim
-        self.encoder = MLP((D + C,) + H, activation, rng, self.dtype)
-        self.enc_heads = {name: self._make_head(self.encoder.out_features, width, rng,
+    def _build_networks(self, code_width):
+        """The encoder (a trunk, then one Linear head per entry of the posterior's head_widths) and the
+        decoder (a trunk reading codes of ``code_width`` numbers, then one head per output of the
+        likelihood), both reading the condition too; trunks and output layers from ``self.networks``,
+        drawn from default_rng(seed) in this order (numpyvae.discrete.DiscreteVAE shares this method)."""
+        rng = np.random.default_rng(self.seed)
+        D, C, nets = self.input_dim, self.cond_dim, self.networks
+        self.encoder = nets.encoder(D + C, rng, self.dtype)
+        self.enc_heads = {name: self._make_head(Linear(self.encoder.out_features, width, rng, self.dtype),
                                                 POSTERIOR_LOGVAR_RANGE if name == "logvar" else None)
                           for name, width in self.posterior.head_widths.items()}
-        if "tril" in self.enc_heads:
-            # Start at a diagonal posterior: the off-diagonal factor grows only if it helps.
-            self.enc_heads["tril"].params["W"][...] = 0.0
-        self.decoder = MLP((Z + C,) + H[::-1], activation, rng, self.dtype)
-        self.dec_heads = {name: self._make_head(self.decoder.out_features, D, rng,
+        self.decoder = nets.decoder(code_width + C, rng, self.dtype)
+        self.dec_heads = {name: self._make_head(nets.output_layer(self.decoder, D, rng, self.dtype),
                                                 self.likelihood.head_ranges.get(name))
                           for name in self.likelihood.heads}
-        # The live arrays, by their public names. Writing into them changes the model.
-        self.params = self._named("params")
 
-    def _make_head(self, fan_in, width, rng, value_range=None):
-        """An output head of ``width`` units on a trunk of ``fan_in``: a Linear layer, or, given a
-        ``value_range`` (low, high), a log-variance head: Linear then SoftClip(low, high) (Eq. (B8),
-        docs/backprop.md), which starts with zero weights and zero bias (docs/elbo.md, section 4)."""
-        linear = Linear(fan_in, width, rng, self.dtype)     # drawn either way: the rng stream stays the same
+    def _make_head(self, linear, value_range=None):
+        """An output head from its layer ``linear`` (a Linear layer, or the convolutional decoder's
+        output layer): the layer itself, or, given a ``value_range`` (low, high), a log-variance head:
+        the layer then SoftClip(low, high) (Eq. (B8), docs/backprop.md), which starts with zero weights
+        and zero bias (docs/elbo.md, section 4)."""
         if value_range is None:
             return linear
         # Zero weights: every input starts at log-variance 0, i.e. variance 1 (the prior's, for the
         # posterior), whatever the scale of the data. Random weights make the initial log-variance a
         # random linear function of the input, as large as the input: up to +-15 to +-33 on 6-D data of
-        # scale 5 (initial ELBOs of -2.5e4 to -1.6e12 nats) and several hundred on 0-255 pixels (NaN in
-        # float32). The gradient dW = h^T dy is not zero, so the head learns from the first step.
+        # scale 5 (initial ELBOs of -2.5e4 to -1.6e12 nats) and several hundred on 0-255 pixels (NaN or
+        # -inf in float32). The gradient dW = h^T dy is not zero, so the head learns from the first step.
         linear.params["W"][...] = 0.0
         return Head(linear, SoftClip(*value_range))
 
@@ -146,10 +222,10 @@ class VAE:
                 "latent_dim": self.latent_dim, "likelihood": self.likelihood.name,
                 "obs_var": self.obs_var, "activation": self.activation, "seed": self.seed,
                 "dtype": self.dtype.name, "posterior": self.posterior.name, "decoder_mean": self.decoder_mean,
-                "obs_std_min": self.obs_std_min}
+                "obs_std_min": self.obs_std_min, **self.networks.config}
 
     def __repr__(self):
-        arch = "-".join(str(d) for d in (self.input_dim,) + self.hidden_dims + (self.latent_dim,))
+        arch = self.networks.describe(self.input_dim, self.latent_dim)
         extra = "" if self.decoder_mean == "identity" else f"decoder_mean={self.decoder_mean!r}, "
         extra += "" if self.obs_std_min is None else f"obs_std_min={self.obs_std_min:g}, "
         return (f"{type(self).__name__}({arch}, likelihood={self.likelihood.name!r}, {extra}"
@@ -208,28 +284,31 @@ class VAE:
         lead = z.shape[:-1]
         if c is not None and z.ndim == 3:
             c = np.broadcast_to(c, (z.shape[0],) + c.shape).reshape(-1, c.shape[-1])
-        h = self.decoder.forward(self._join(z.reshape(-1, self.latent_dim), c))
+        h = self.decoder.forward(self._join(z.reshape(-1, z.shape[-1]), c))
         return {name: head.forward(h).reshape(lead + (self.input_dim,)) for name, head in self.dec_heads.items()}
 
     def _decoder_backward(self, dlogpx_dout, dloss_dlogpx):
         """Backward through the decoder (Eq. (B7), docs/backprop.md), filling its gradients.
 
         dlogpx_dout: d log p(x|z_lb) / d each decoder output, (L, B, D); dloss_dlogpx: d loss /
-        d log p(x|z_lb), (L, B). Returns d loss / dz, (L, B, Z)."""
+        d log p(x|z_lb), (L, B). Returns d loss / dz, (L, B, Z) (numpyvae.discrete.DiscreteVAE shares
+        this method and _decode: its codes are (L, B, Z) or, one-hot, (L, B, Z C))."""
         L, B = dloss_dlogpx.shape
         dh = None
         for name, head in self.dec_heads.items():
             g = head.backward((dlogpx_dout[name] * dloss_dlogpx[..., None]).reshape(L * B, self.input_dim))
             dh = g if dh is None else dh + g
         # The decoder's input is [z, c]; only z's part of its gradient is wanted.
-        return self.decoder.backward(dh)[:, :self.latent_dim].reshape(L, B, self.latent_dim)
+        dzc = self.decoder.backward(dh)
+        width = dzc.shape[1] - self.cond_dim
+        return dzc[:, :width].reshape(L, B, width)
 
     def _encoder_backward(self, dq):
         """Backward through the encoder heads and trunk (the last steps of Eq. (B7), docs/backprop.md):
         every head reads the same trunk output, so their input gradients add."""
         # The encoder's input is data: no gradient is needed for it (saves the first layer's
         # input-gradient matmul; with no hidden layer, the heads' own input gradients).
-        trunk = bool(self.encoder.linears)
+        trunk = bool(self.encoder.params)
         dh = None
         for name, g in dq.items():
             d = self.enc_heads[name].backward(g, need_dx=trunk)
@@ -316,7 +395,7 @@ class VAE:
                        return_terms=False, baseline=None, *, y=None):
         """The minibatch loss and its gradient with respect to every parameter.
 
-            loss = 1/B sum_b -( 1/L sum_l log p(x_b | z_bl) - beta * KL_b )      Eq. (E7), docs/elbo.md
+            loss = 1/B sum_b -( 1/L sum_l log p(x_b | z_lb) - beta * KL_b )      Eq. (E7), docs/elbo.md
 
         ``estimator`` chooses how the data term's gradient reaches the encoder (a name in
         numpyvae.estimators.ESTIMATORS, docs/estimators.md); the decoder's gradient is pathwise in
@@ -360,7 +439,7 @@ class VAE:
         """Per-datapoint gradient estimates with respect to the posterior parameters.
 
         Returns ``(d_mu, d_logvar)``, each (B, Z): row b is the estimator's gradient of datapoint
-        b's own loss  -(1/L sum_l log p(x_b|z_bl) - beta KL_b)  with respect to (mu_b, logvar_b),
+        b's own loss  -(1/L sum_l log p(x_b|z_lb) - beta KL_b)  with respect to (mu_b, logvar_b),
         i.e. B times what loss_and_grads sends into the encoder heads. Rows are independent
         estimates, so a batch of R copies of one datapoint gives R independent draws of the
         estimator in one vectorised call (numpyvae.lab.variance uses this). The same pieces as
@@ -380,23 +459,27 @@ class VAE:
         return dq["mu"] * B, dq["logvar"] * B
 
     def iwae_bound(self, x, k=5, eps=None, rng=None, *, y=None, q=None):
-        """The importance-weighted bound L_k of each datapoint, shape (B,).   Eq. (I4), docs/importance.md
+        """The importance-weighted estimate of each datapoint, shape (B,).   Eq. (I4), docs/importance.md
 
-            L_k(x) = log 1/k sum_i p(x, z_i) / q(z_i | x),   z_i ~ q(z | x)
+            L^_K(x) = log 1/K sum_k p(x, z_k) / q(z_k | x),   z_k ~ q(z | x),   K = ``k``
 
-        L_1 is the ELBO (with the KL sampled); L_k increases with k towards log p(x).
+        A random number (one draw of K samples), the same quantity as log_likelihood. Its
+        expectation L_K(x) is the bound: L_1 is the ELBO (L^_1 samples the KL too), and L_K never
+        decreases with K and, for bounded weights, tends to log p(x).
         """
         x, c = self._inputs(x, y)
         eps = check.noise(eps, k, x.shape[0], self.latent_dim, rng, self.dtype, count_name="k")
         return log_mean_exp(self._log_weights(x, c, self._posterior(x, c, q), eps), axis=0)
 
     def iwae_loss_and_grads(self, x, k=5, eps=None, rng=None, return_terms=False, *, y=None):
-        """The IWAE training loss -1/B sum_b L_k(x_b) and its gradient.   Eq. (I5), docs/importance.md
+        """The IWAE training loss -1/B sum_b L^_K(x_b) and its gradient (K = ``k``).   Eq. (I5), docs/importance.md
 
-        With normalised weights w~_i = w_i / sum_j w_j,  d L_k / d params = sum_i w~_i d log w_i / d params,
-        where log w_i depends on the parameters through the decoder (log p(x|z_i)), through the
-        path z_i = mu + L eps_i (in log p(x|z_i) + log p(z_i)), and directly through
-        log q = -1/2 sum (log 2pi + logvar + eps^2), whose logvar-derivative is -1/2.
+        With normalised weights w~_k = w_k / sum_k' w_k',  d L^_K / d params = sum_k w~_k d log w_k / d params,
+        where log w_k reaches the parameters in three ways (Eq. (I7), docs/importance.md): through
+        the decoder (log p(x|z_k)), along the path z_k = mu + G eps_k (in log p(x|z_k) + log p(z_k)),
+        and directly through -log q = +1/2 sum_j (log 2pi + logvar_j + eps_kj^2), whose
+        logvar-derivative is +1/2. As sum_k w~_k = 1, the direct path adds -1/(2B) to every
+        d loss / d logvar_bj.
         """
         x, c = self._inputs(x, y)
         eps = check.noise(eps, k, x.shape[0], self.latent_dim, rng, self.dtype, count_name="k")   # (K, B, Z)
@@ -407,15 +490,15 @@ class VAE:
         z = self.posterior.sample(q, eps)                       # Eq. (R1): (K, B, Z)
         log_px, dlogpx_dout = self.likelihood.log_prob_and_grad(x, self._decode(z, c))   # (K, B)
         log_w = log_px + log_standard_normal(z) - log_q_from_eps(q["logvar"], eps)      # Eqs. (I1), (I3)
-        bound = log_mean_exp(log_w, axis=0)                     # L_k, Eq. (I4): (B,)
+        bound = log_mean_exp(log_w, axis=0)                     # L^_K, Eq. (I4): (B,)
         loss = -float(np.mean(bound))
 
-        # Backward, Eq. (I5): d loss / d log w_i = -w~_i / B, then the three paths of log w_i.
+        # Backward, Eq. (I5): d loss / d log w_k = -w~_k / B, then the three paths of Eq. (I7).
         dlogw = normalized_importance_weights(log_w, axis=0) * (-1.0 / B)    # (K, B)
         dz = self._decoder_backward(dlogpx_dout, dlogw)         # through log p(x|z)
         dz = dz + dlogw[..., None] * (-z)                       # through log p(z): d/dz = -z
-        dq = self.posterior.sample_backward(q, eps, dz)         # along the path z = mu + L eps
-        # through -log q directly: d(-log q)/dlogvar_j = +1/2, weighted by sum_i w~_i = 1 per datapoint.
+        dq = self.posterior.sample_backward(q, eps, dz)         # along the path z = mu + G eps
+        # through -log q directly: d(-log q)/dlogvar_j = +1/2, times sum_k (-w~_k / B) = -1/B: -1/(2B).
         dq["logvar"] = dq["logvar"] + 0.5 * dlogw.sum(axis=0)[:, None]
         self._encoder_backward(dq)
         grads = self._named("grads")
@@ -433,8 +516,9 @@ class VAE:
         computed with log-sum-exp over the K log-weights. The K samples are processed
         ``chunk_size`` at a time (default: log_likelihood_chunk_size, as many as fit in
         LOG_LIKELIHOOD_CHUNK_BYTES, 64 MiB of peak memory per chunk), so memory stays bounded for any
-        K. Its expectation is a lower bound on log p(x) that tightens to log p(x) as K grows, and it
-        is never below the ELBO in expectation. ``q``: a posterior given explicitly, as in elbo_terms.
+        K. The result is the random estimate L^_K(x) (docs/importance.md, section 3); its expectation
+        L_K(x) is a lower bound on log p(x), never below the ELBO, that tightens with K (to log p(x)
+        for bounded weights). ``q``: a posterior given explicitly, as in elbo_terms.
         """
         x, c = self._inputs(x, y)
         K = check.check_positive_int(n_importance, "n_importance")
@@ -454,14 +538,16 @@ class VAE:
     def log_likelihood_chunk_size(self, batch, n_samples):
         """How many of ``n_samples`` importance samples for ``batch`` datapoints one chunk of
         log_likelihood takes so that its peak memory stays within LOG_LIKELIHOOD_CHUNK_BYTES. Per
-        sample: the decoder's hidden activations, each decoder head's (B, D) output, and seven more
+        sample: the decoder's activations (networks.activations_per_row: its hidden widths, or a
+        convolutional decoder's feature maps), each decoder head's (B, D) output, and seven more
         (B, D) temporaries for the likelihood (measured peaks: 4.6 for the Bernoulli, whose softplus
         holds exp(-|a|), 1 + exp(-|a|) and a rounding correction before x * a is formed; 2.6 for the
         fixed-variance and 5.6 for the learned-variance Gaussian), and one more for a sigmoid mean,
         which lives beside them (decoder_mean="sigmoid"). test_log_likelihood_memory_is_bounded
-        measures the peak."""
+        measures the peak. A convolutional decoder's im2col temporaries come on top, bounded apart by
+        numpyvae.layers.CONV_CHUNK_BYTES."""
         temporaries = 7 + (self.decoder_mean == "sigmoid")
         per_sample = batch * self.dtype.itemsize * (
-            self.input_dim * (len(self.dec_heads) + temporaries) + sum(self.hidden_dims))
+            self.input_dim * (len(self.dec_heads) + temporaries) + self.networks.activations_per_row)
         return max(1, min(n_samples, LOG_LIKELIHOOD_CHUNK_BYTES // per_sample))
 

@@ -9,6 +9,13 @@ checkpoint continues bit for bit as if it had never stopped.
 The test ELBO is computed every epoch with one fixed noise draw (made once from
 ``seed + 1``), so differences between epochs come from the model, not the noise.
 
+The same trainer trains a DiscreteVAE (numpyvae.discrete, a binary or categorical code) with one of
+its estimators (score, nvil, vimco, gumbel, straight-through). Its noise is logistic or Gumbel
+instead of Gaussian, its test ELBO the discrete model's Monte Carlo ELBO with fixed noise, its
+per-dimension KL the KL of each unit or categorical variable (docs/discrete.md, section 2), NVIL's
+baseline is checkpointed like any other, and the relaxed estimators' temperature follows the
+schedule of ``temperature_at``, a function of the global step alone (nothing to save for it).
+
 A run directory holds:
     checkpoint.npz   parameters + optimiser state + metadata JSON (see numpyvae.checkpoint)
     history.json     per-epoch train/test ELBO, reconstruction and KL terms (nats), beta, time
@@ -48,18 +55,24 @@ from .checkpoint import (atomic_write_json, load_checkpoint, remove_stale_tempor
                          rng_state_to_json, save_checkpoint)
 from .data import binarize
 from .distributions import kl_diag_gaussian_standard_per_dim
-from .estimators import BASELINES, make_baseline
+from .discrete import DiscreteVAE
+from .discrete_estimators import ESTIMATORS as DISCRETE_ESTIMATORS
+from .discrete_estimators import NVILBaseline
+from .estimators import BASELINES, ESTIMATORS, make_baseline
 from .conditional import ConditionalVAE
-from .model import VAE
+from .model import VAE, make_networks
 from .optim import SGD, Adam
 
 __all__ = ["TrainConfig", "Run", "make_optimizer", "kl_warmup_beta", "minibatches", "evaluate_elbo",
            "prepare_pixels", "train", "save_run", "load_run", "new_run", "fixed_test_noise",
            "history_table", "HISTORY_KEYS", "TrainingDiverged", "RunInUseError", "run_lock",
-           "create_run_dir", "run_files", "estimate_parameters", "labels_for"]
+           "create_run_dir", "run_files", "estimate_parameters", "labels_for", "temperature_at",
+           "history_keys", "check_config_for_model", "make_run_baseline", "RELAXED_ESTIMATORS"]
 
 HISTORY_KEYS = ("epoch", "train_elbo", "train_rec", "train_kl", "test_elbo", "test_rec", "test_kl",
-                "test_kl_per_dim", "beta", "seconds")
+                "test_kl_per_dim", "test_kl_offdiag", "beta", "seconds")
+# A run whose estimator relaxes a discrete code also records the temperature of each epoch's last step.
+RELAXED_ESTIMATORS = ("gumbel", "straight-through")
 BINARIZE_MODES = ("none", "static", "dynamic")
 CHECKPOINT = "checkpoint.npz"
 RUN_FILES = (CHECKPOINT, "history.json", "config.json")   # what makes a directory a run
@@ -74,8 +87,10 @@ class TrainConfig:
     batch_size      datapoints per minibatch
     lr              learning rate
     optimizer       "adam" (bias-corrected) or "sgd" (with ``momentum``)
-    n_samples       L, Monte Carlo samples of z per datapoint in the training ELBO
-    estimator       gradient estimator passed to VAE.loss_and_grads
+    n_samples       L, Monte Carlo samples of z per datapoint in the training ELBO (K for "vimco")
+    estimator       gradient estimator passed to the model's loss_and_grads: for a VAE "reparam",
+                    "score", "blocked" or "stl"; for a DiscreteVAE "score", "nvil", "vimco",
+                    "gumbel" or "straight-through" (check_config_for_model matches the two)
     baseline        control variate for estimator="score": "none", "ema", "loo" (needs
                     n_samples >= 2) or "learned" (an MLP b(x), trained alongside)
     objective       "elbo" (Eq. E7) or "iwae": the importance-weighted bound with k samples
@@ -88,6 +103,10 @@ class TrainConfig:
                     sample of the data) or "dynamic" (a fresh binary sample every epoch)
     clip_norm       optional global gradient-norm clipping
     seed            seeds the training Generator (shuffles, noise, binarisation)
+    temperature     tau_0, the temperature of "gumbel" and "straight-through" (the others take none)
+    temperature_min tau_min, the floor of the annealing schedule (None: no annealing)
+    anneal_rate     r of the schedule tau = max(tau_min, tau_0 exp(-r t)), t the global step
+                    (temperature_at); 0 = constant tau_0. Both or neither of the two.
     """
 
     epochs: int = 20
@@ -105,6 +124,9 @@ class TrainConfig:
     binarize: str = "none"
     clip_norm: "float | None" = None
     seed: int = 0
+    temperature: float = 1.0
+    temperature_min: "float | None" = None
+    anneal_rate: float = 0.0
 
     def __post_init__(self):
         check_positive_int(self.epochs, "epochs")
@@ -132,6 +154,37 @@ class TrainConfig:
             raise ValueError(f"beta must be a finite number >= 0; got {self.beta!r}")
         if not (self.warmup_epochs >= 0 and math.isfinite(self.warmup_epochs)):
             raise ValueError(f"warmup_epochs must be >= 0; got {self.warmup_epochs!r}")
+        self._check_discrete_options()
+
+    def _check_discrete_options(self):
+        """The options of the discrete estimators: each only where it means something."""
+        if self.estimator not in {**ESTIMATORS, **DISCRETE_ESTIMATORS}:
+            raise ValueError(f"unknown estimator {self.estimator!r}; expected one of {list(ESTIMATORS)} (a Gaussian "
+                             f"code) or {list(DISCRETE_ESTIMATORS)} (a discrete code)")
+        if not (_is_number(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be a positive number; got {self.temperature!r}")
+        if not (_is_number(self.anneal_rate) and self.anneal_rate >= 0):
+            raise ValueError(f"anneal_rate must be a number >= 0; got {self.anneal_rate!r}")
+        if self.temperature_min is not None and not (_is_number(self.temperature_min)
+                                                     and 0 < self.temperature_min <= self.temperature):
+            raise ValueError(f"temperature_min must be a positive number no larger than temperature "
+                             f"({self.temperature:g}); got {self.temperature_min!r}")
+        if self.estimator not in RELAXED_ESTIMATORS and (self.temperature != 1.0 or self.anneal_rate
+                                                         or self.temperature_min is not None):
+            raise ValueError(f"temperature, temperature_min and anneal_rate apply to the estimators "
+                             f"{list(RELAXED_ESTIMATORS)}, which relax the code; estimator={self.estimator!r} "
+                             "takes none")
+        if (self.anneal_rate > 0) != (self.temperature_min is not None):
+            raise ValueError("annealing needs both anneal_rate > 0 and temperature_min (tau = max(temperature_min, "
+                             f"temperature exp(-anneal_rate t))); got anneal_rate={self.anneal_rate!r}, "
+                             f"temperature_min={self.temperature_min!r}")
+        if self.estimator == "vimco":
+            if self.n_samples < 2:
+                raise ValueError(f"estimator='vimco' needs n_samples >= 2 (K samples, each with a leave-one-out "
+                                 f"baseline from the others); got n_samples={self.n_samples}")
+            if self.beta != 1.0 or self.warmup_epochs:
+                raise ValueError("estimator='vimco' trains on the K-sample bound, which has no KL term to weight: "
+                                 "it takes no beta or warmup_epochs")
 
 
 @dataclass
@@ -152,6 +205,47 @@ def make_optimizer(model, config):
     if config.optimizer == "adam":
         return Adam(model.params, lr=config.lr, clip_norm=config.clip_norm)
     return SGD(model.params, lr=config.lr, momentum=config.momentum, clip_norm=config.clip_norm)
+
+
+def history_keys(config):
+    """The per-epoch series a run of this configuration records: HISTORY_KEYS, and "temperature"
+    (that of the epoch's last step) for the estimators that relax a discrete code."""
+    return HISTORY_KEYS + (("temperature",) if config.estimator in RELAXED_ESTIMATORS else ())
+
+
+def check_config_for_model(model, config):
+    """ValueError unless the configuration's objective and estimator are those of the model's code:
+    a VAE's estimators for a Gaussian code, a DiscreteVAE's for a discrete one (which trains on the
+    K-sample bound with estimator "vimco", not objective "iwae")."""
+    discrete = isinstance(model, DiscreteVAE)
+    if discrete and config.objective != "elbo":
+        raise ValueError(f"objective={config.objective!r} is for a Gaussian code; a discrete code trains on the "
+                         "ELBO, or on the K-sample bound with estimator='vimco' and n_samples=K")
+    names = DISCRETE_ESTIMATORS if discrete else ESTIMATORS
+    if config.estimator not in names:
+        code = f"a discrete ({model.posterior.name}) code" if discrete else "a Gaussian code"
+        raise ValueError(f"estimator={config.estimator!r} does not train {code}; expected one of {list(names)}")
+
+
+def make_run_baseline(model, config):
+    """The baseline object a run carries (and checkpoints): NVIL's own (an NVILBaseline, seeded by
+    config.seed) for estimator "nvil", else the one config.baseline names (None for "none")."""
+    if config.estimator == "nvil":
+        return NVILBaseline(model.input_dim, seed=config.seed, dtype=model.dtype)
+    return make_baseline(config.baseline, model.input_dim, seed=config.seed, dtype=model.dtype)
+
+
+def temperature_at(step, config):
+    """The temperature of the relaxed estimators at global step t (0-based, counted over epochs):
+
+        tau_t = max(tau_min, tau_0 exp(-r t))                    Eq. (H23), docs/discrete.md
+
+    Jang et al. (2017)'s schedule, updated here at every step (they update it every N = 500 or 1000
+    steps, a staircase of the same curve). tau_0 = config.temperature; without annealing
+    (anneal_rate 0) tau_0 throughout. A function of the step alone: a resumed run needs no state."""
+    if config.anneal_rate <= 0:
+        return config.temperature
+    return max(config.temperature_min, config.temperature * math.exp(-config.anneal_rate * step))
 
 
 def kl_warmup_beta(step, steps_per_epoch, config):
@@ -195,26 +289,50 @@ def labels_for(model, y, idx=None):
 
 def evaluate_elbo(model, x, eps, batch_size=1000, y=None):
     """Mean ELBO, reconstruction term and KL (nats per datapoint) of x (N, D) with fixed noise
-    eps of shape (L, N, Z), in batches; also the KL of each latent dimension, averaged over x
-    (a dimension with KL ~ 0 is unused: its posterior is the prior). Returns Python floats and
-    a list for "kl_per_dim"."""
+    eps of shape (L, N, Z), in batches, and the KL in its two parts, averaged over x:
+
+        kl_per_dim  (Z,)  1/2 (mu_j^2 + exp(logvar_j) - 1 - logvar_j)     Eq. (A1), docs/ppca.md
+        kl_offdiag        1/2 sum_{i>j} T_ij^2, 0 for a diagonal posterior   Eq. (A3), docs/ppca.md
+
+    so that kl = sum(kl_per_dim) + kl_offdiag. For a diagonal posterior kl_per_dim is the KL of
+    each latent dimension (~0: the dimension is unused). For a full-covariance one there is no
+    such thing: kl_per_dim holds the diagonal terms of the KL and kl_offdiag what the
+    correlations T add. For a DiscreteVAE, eps is its logistic or Gumbel noise (L, N, Z[, C]),
+    the ELBO its Monte Carlo ELBO at the exact samples, kl_per_dim the KL of each unit or
+    categorical variable (the KL of independent variables is their sum: docs/discrete.md,
+    section 2), kl_offdiag 0. Returns Python floats and a list for "kl_per_dim"."""
     sums = {"elbo": 0.0, "rec": 0.0, "kl": 0.0}
     kl_dims = np.zeros(model.latent_dim)
+    kl_offdiag = 0.0
     for i in range(0, x.shape[0], batch_size):
+        if isinstance(model, DiscreteVAE):
+            xb = x[i:i + batch_size]
+            terms = model.elbo_terms(xb, n_samples=eps.shape[0], noise=eps[:, i:i + batch_size])
+            for k in sums:
+                sums[k] += float(np.sum(terms[k], dtype=np.float64))
+            kl_dims += np.sum(model.posterior.kl_per_variable(model.encode(xb)), axis=0, dtype=np.float64)
+            continue
         xb, yb = x[i:i + batch_size], labels_for(model, y, slice(i, i + batch_size))
-        terms = model.elbo_terms(xb, eps=eps[:, i:i + batch_size], n_samples=eps.shape[0], y=yb)
+        q = model.posterior_params(xb, y=yb)          # encoded once, for the ELBO and its parts
+        terms = model.elbo_terms(xb, eps=eps[:, i:i + batch_size], n_samples=eps.shape[0], y=yb, q=q)
         for k in sums:
             sums[k] += float(np.sum(terms[k], dtype=np.float64))
-        mu, logvar = model.encode(xb, y=yb)
-        kl_dims += np.sum(kl_diag_gaussian_standard_per_dim(mu, logvar), axis=0, dtype=np.float64)
+        kl_dims += np.sum(kl_diag_gaussian_standard_per_dim(q["mu"], q["logvar"]), axis=0, dtype=np.float64)
+        if "tril" in q:
+            kl_offdiag += 0.5 * float(np.sum(np.square(q["tril"], dtype=np.float64)))
     result = {k: v / x.shape[0] for k, v in sums.items()}
     result["kl_per_dim"] = (kl_dims / x.shape[0]).tolist()
+    result["kl_offdiag"] = kl_offdiag / x.shape[0]
     return result
 
 
 def fixed_test_noise(model, n, seed, n_samples=1):
-    """The fixed noise of the per-epoch test ELBO, shape (n_samples, n, Z), from ``seed + 1``."""
-    return np.random.default_rng(seed + 1).standard_normal((n_samples, n, model.latent_dim), dtype=model.dtype)
+    """The fixed noise of the per-epoch test ELBO, from ``seed + 1``: standard normal (n_samples, n, Z)
+    for a VAE, the code's logistic or Gumbel noise (n_samples, n, Z[, C]) for a DiscreteVAE."""
+    rng = np.random.default_rng(seed + 1)
+    if isinstance(model, DiscreteVAE):
+        return model.posterior.noise(n_samples, n, rng, model.dtype)
+    return rng.standard_normal((n_samples, n, model.latent_dim), dtype=model.dtype)
 
 
 def _format_eta(seconds):
@@ -325,7 +443,8 @@ def _train_epochs(run, x_train, x_test, out_dir, log, progress, on_epoch_end, y_
         seconds = time.perf_counter() - start
         row = {"epoch": epoch, "train_elbo": sums["elbo"] / n, "train_rec": sums["rec"] / n,
                "train_kl": sums["kl"] / n, "test_elbo": test["elbo"], "test_rec": test["rec"],
-               "test_kl": test["kl"], "test_kl_per_dim": test["kl_per_dim"], "beta": beta, "seconds": seconds}
+               "test_kl": test["kl"], "test_kl_per_dim": test["kl_per_dim"], "test_kl_offdiag": test["kl_offdiag"],
+               "beta": beta, "seconds": seconds, "temperature": temperature_at(run.epoch * steps + steps - 1, cfg)}
         # Checked before the row enters the history and before anything is saved.
         bad = _nonfinite({**{f"the {k.replace('_', ' ')}": row[k] for k in ("test_elbo", "test_rec", "test_kl")},
                           **{f"parameter {k!r}": v for k, v in model.params.items()}})
@@ -335,12 +454,13 @@ def _train_epochs(run, x_train, x_test, out_dir, log, progress, on_epoch_end, y_
             raise TrainingDiverged(run, epoch, None, steps, f"the test ELBO fell to {row['test_elbo']:.4g} nats, "
                                    f"far below the best so far ({best:.4g})", out_dir)
         best = max(best, row["test_elbo"])
-        for k in HISTORY_KEYS:
+        for k in history_keys(cfg):
             run.history.setdefault(k, []).append(row[k])
         run.epoch = epoch
         remaining = sum(run.history["seconds"]) / len(run.history["seconds"]) * (cfg.epochs - epoch)
+        tau = f"  tau {row['temperature']:.3f}" if "temperature" in history_keys(cfg) else ""
         log(f"epoch {epoch:3d}/{cfg.epochs}  train ELBO {row['train_elbo']:9.2f}  test ELBO {row['test_elbo']:9.2f}"
-            f"  (rec {row['test_rec']:9.2f}, KL {row['test_kl']:6.2f})  beta {beta:.2f}"
+            f"  (rec {row['test_rec']:9.2f}, KL {row['test_kl']:6.2f})  beta {beta:.2f}{tau}"
             f"  {n / seconds:6.0f} samples/s  {seconds:5.1f}s  ETA {_format_eta(remaining)}")
         if out_dir is not None:
             _save_epoch(run, out_dir)
@@ -364,15 +484,10 @@ def _train_steps(run, x_train, y_train, out_dir, progress, start):
     batches = minibatches(n, cfg.batch_size, rng)
     try:
         for i, idx in enumerate(batches):
-            beta = kl_warmup_beta(run.epoch * steps_per_epoch + i, steps_per_epoch, cfg)
-            labels = labels_for(model, y_train, idx)
-            if cfg.objective == "iwae":
-                loss, grads, terms = model.iwae_loss_and_grads(x_epoch[idx], k=cfg.k, rng=rng, return_terms=True,
-                                                               y=labels)
-            else:
-                loss, grads, terms = model.loss_and_grads(x_epoch[idx], n_samples=cfg.n_samples, rng=rng,
-                                                          estimator=cfg.estimator, beta=beta, return_terms=True,
-                                                          baseline=run.baseline, y=labels)
+            global_step = run.epoch * steps_per_epoch + i
+            beta = kl_warmup_beta(global_step, steps_per_epoch, cfg)
+            loss, grads, terms = _loss_and_grads(run, x_epoch[idx], labels_for(model, y_train, idx), beta,
+                                                 global_step)
             step = {k: float(np.sum(terms[k], dtype=np.float64)) for k in sums}
             try:
                 for what, value in (("the minibatch ELBO", step["elbo"]), ("the loss", float(loss))):
@@ -392,6 +507,21 @@ def _train_steps(run, x_train, y_train, out_dir, progress, start):
         if progress:
             print("\r" + " " * 100 + "\r", end="", flush=True)
     return sums, beta, len(batches)
+
+
+def _loss_and_grads(run, xb, labels, beta, global_step):
+    """One minibatch's loss, gradients and per-datapoint ELBO terms, by the run's objective and
+    estimator: the IWAE bound, the ELBO of a VAE, or the ELBO (bound, for "vimco") of a DiscreteVAE
+    with the temperature of this step. Every draw comes from run.rng."""
+    model, cfg, rng = run.model, run.config, run.rng
+    if cfg.objective == "iwae":
+        return model.iwae_loss_and_grads(xb, k=cfg.k, rng=rng, return_terms=True, y=labels)
+    if isinstance(model, DiscreteVAE):
+        return model.loss_and_grads(xb, n_samples=cfg.n_samples, rng=rng, estimator=cfg.estimator,
+                                    temperature=temperature_at(global_step, cfg), beta=beta, return_terms=True,
+                                    baseline=run.baseline)
+    return model.loss_and_grads(xb, n_samples=cfg.n_samples, rng=rng, estimator=cfg.estimator, beta=beta,
+                                return_terms=True, baseline=run.baseline, y=labels)
 
 
 def _save_epoch(run, out_dir):
@@ -608,6 +738,9 @@ def estimate_parameters(model_config):
     Encoder (D + C) -> H_1 -> ... -> H_n, heads mu and logvar (Z each, plus Z (Z - 1) / 2 for
     posterior "full"); decoder (Z + C) -> H_n -> ... -> H_1, one head of width D per
     likelihood output (two for "gaussian-learned"). C = n_classes for a conditional model.
+    A discrete code (``DiscreteVAE.config``, with "latent") has one head of logits and a decoder
+    input of its code's width: Z, or Z K for "categorical" with K = n_categories.
+    A convolutional model (arch "conv") is counted by its networks (ConvNetworks.count_parameters).
     Raises TypeError / ValueError for widths that are not positive integers."""
     D, Z = (check_positive_int(model_config[k], k) for k in ("input_dim", "latent_dim"))
     H = tuple(check_positive_int(h, "each hidden width") for h in model_config["hidden_dims"])
@@ -616,9 +749,19 @@ def estimate_parameters(model_config):
     def linears(widths):
         return sum((m + 1) * n for m, n in zip(widths[:-1], widths[1:]))
 
+    if "latent" in model_config:       # a discrete code: logits in, the code out
+        K = check_positive_int(model_config.get("n_categories", 2), "n_categories")
+        Z = Z * K if model_config["latent"] == "categorical" else Z
+        encoder, decoder = (D,) + H, (Z,) + H[::-1]
+        dec_heads = D * (2 if model_config.get("likelihood") == "gaussian-learned" else 1)
+        return linears(encoder) + (encoder[-1] + 1) * Z + linears(decoder) + (decoder[-1] + 1) * dec_heads
     encoder, decoder = (D + C,) + H, (Z + C,) + H[::-1]
     enc_heads = 2 * Z + (Z * (Z - 1) // 2 if model_config.get("posterior") == "full" else 0)
     dec_heads = D * (2 if model_config.get("likelihood") == "gaussian-learned" else 1)
+    if model_config.get("arch", "mlp") != "mlp":
+        nets = make_networks(model_config["arch"], D, H, model_config.get("activation"),
+                             model_config.get("image_shape"), model_config.get("channels"))
+        return nets.count_parameters(C, Z + C, enc_heads, dec_heads // D)
     return (linears(encoder) + (encoder[-1] + 1) * enc_heads
             + linears(decoder) + (decoder[-1] + 1) * dec_heads)
 
@@ -629,10 +772,10 @@ def _check_epoch(epoch, config):
     return None
 
 
-def _check_history(history, epoch, latent_dim):
+def _check_history(history, epoch, latent_dim, keys=HISTORY_KEYS):
     if not isinstance(history, dict):
         return f"must be a dict of per-epoch lists; got {type(history).__name__}"
-    for key in HISTORY_KEYS:
+    for key in keys:
         values = history.get(key)
         if not isinstance(values, list) or len(values) != epoch:
             got = f"{len(values)} entries" if isinstance(values, list) else repr(type(values).__name__)
@@ -646,6 +789,23 @@ def _check_history(history, epoch, latent_dim):
     if history["epoch"] != list(range(1, epoch + 1)):
         return f"['epoch'] must be 1, 2, ..., {epoch}; got {history['epoch']!r}"
     return None
+
+
+def _history_with_kl_offdiag(history, posterior):
+    """A history saved before "test_kl_offdiag" was recorded gets it back from what it holds:
+    test_kl = sum(test_kl_per_dim) + test_kl_offdiag (docs/ppca.md, section 6), and the
+    off-diagonal part is 0 for a diagonal posterior. Anything malformed is left for
+    _check_history to report."""
+    if not isinstance(history, dict) or "test_kl_offdiag" in history:
+        return history
+    kl, per_dim = history.get("test_kl"), history.get("test_kl_per_dim")
+    if not (isinstance(kl, list) and isinstance(per_dim, list) and len(kl) == len(per_dim)):
+        return history
+    try:
+        offdiag = [0.0 if posterior == "diag" else max(0.0, float(k) - math.fsum(p)) for k, p in zip(kl, per_dim)]
+    except (TypeError, ValueError, OverflowError):
+        return history
+    return {**history, "test_kl_offdiag": offdiag}
 
 
 def _check_optimizer_scalars(scalars, config):
@@ -666,6 +826,18 @@ def _check_optimizer_scalars(scalars, config):
         value = scalars.get(key, "<missing>")
         if not (is_type(value) and in_range(value)):
             return f"[{key!r}] must be {expected_text}; got {value!r}"
+    return None
+
+
+def _check_baseline_scalars(scalars, kind):
+    """The JSON scalars of the baseline's state: a dict of its type (and, for NVIL's, a running
+    variance that is None or a number >= 0: it divides the encoder's gradient by its square root)."""
+    if not isinstance(scalars, dict) or scalars.get("type") != kind:
+        got = scalars.get("type") if isinstance(scalars, dict) else type(scalars).__name__
+        return f"must be the state of a {kind!r} baseline (the configured estimator's); got {got!r}"
+    var = scalars.get("var")
+    if kind == "nvil" and not (var is None or (_is_number(var) and var >= 0)):
+        return f"['var'] must be None or a number >= 0 (NVIL's running variance); got {var!r}"
     return None
 
 
@@ -707,11 +879,13 @@ def load_run(path):
         stored = sum(v.size for k, v in arrays.items() if k.startswith("param."))
         if claimed > 2 * stored + 1000:
             raise ValueError(f"it describes a model of {claimed:,} parameters, but the file holds {stored:,}")
-        model = ConditionalVAE(**model_cfg) if "n_classes" in model_cfg else VAE(**model_cfg)
+        model = (DiscreteVAE(**model_cfg) if "latent" in model_cfg else
+                 ConditionalVAE(**model_cfg) if "n_classes" in model_cfg else VAE(**model_cfg))
     except (KeyError, TypeError, ValueError) as exc:
         raise invalid("model", f"does not describe the saved model: {exc}") from exc
     try:
         config = TrainConfig(**meta["train"])
+        check_config_for_model(model, config)
     except (TypeError, ValueError) as exc:
         raise invalid("train", f"is not a valid training configuration: {exc}") from exc
     bad = [k for k, v in arrays.items() if v.dtype.kind in "fc" and not np.all(np.isfinite(v))]
@@ -722,8 +896,10 @@ def load_run(path):
     if problems:
         raise ValueError(f"{ckpt}: parameters do not match the recorded architecture:\n  " + "\n  ".join(problems))
 
+    history = _history_with_kl_offdiag(meta["history"], model.config.get("posterior", "diag"))
+    keys = history_keys(config)
     for field, problem in (("epoch", _check_epoch(meta["epoch"], config)),
-                           ("history", _check_history(meta["history"], meta["epoch"], model.latent_dim)),
+                           ("history", _check_history(history, meta["epoch"], model.latent_dim, keys)),
                            ("optimizer", _check_optimizer_scalars(meta["optimizer"], config)),
                            ("data", _check_data(meta.get("data", {})))):
         if problem is not None:
@@ -739,25 +915,31 @@ def load_run(path):
                                    "scalars": meta["optimizer"]})
     except (TypeError, ValueError) as exc:
         raise invalid("optimizer", " ".join(str(exc).split())) from exc
-    baseline = make_baseline(config.baseline, model.input_dim, seed=config.seed, dtype=model.dtype)
+    baseline = make_run_baseline(model, config)
     if baseline is not None:
+        kind = baseline.state()["scalars"]["type"]
+        problem = _check_baseline_scalars(meta.get("baseline"), kind)
+        if problem is not None:
+            raise invalid("baseline", problem)
         try:
             baseline.load_state({"arrays": {k[len("baseline."):]: v for k, v in arrays.items()
                                             if k.startswith("baseline.")}, "scalars": meta.get("baseline")})
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise invalid("baseline", f"is not the state of a {config.baseline!r} baseline: {exc!r}") from exc
+            raise invalid("baseline", f"is not the state of a {kind!r} baseline: {exc!r}") from exc
     for k, v in model.params.items():
         np.copyto(v, params[k])      # in place: the optimiser holds these very arrays
     return Run(model=model, optimizer=optimizer, rng=rng, config=config,
-               history={k: list(meta["history"][k]) for k in HISTORY_KEYS}, epoch=meta["epoch"],
+               history={k: list(history[k]) for k in keys}, epoch=meta["epoch"],
                data=dict(meta.get("data", {})), baseline=baseline)
 
 
 def new_run(model, config, data=None):
-    """A fresh Run: optimiser from the config, training Generator from config.seed."""
+    """A fresh Run: optimiser from the config, training Generator from config.seed, the baseline
+    of make_run_baseline. ValueError if the config's estimator does not train the model's code."""
+    check_config_for_model(model, config)
     return Run(model=model, optimizer=make_optimizer(model, config), rng=np.random.default_rng(config.seed),
-               config=config, history={k: [] for k in HISTORY_KEYS}, epoch=0, data=dict(data or {}),
-               baseline=make_baseline(config.baseline, model.input_dim, seed=config.seed, dtype=model.dtype))
+               config=config, history={k: [] for k in history_keys(config)}, epoch=0, data=dict(data or {}),
+               baseline=make_run_baseline(model, config))
 
 
 def history_table(history):

@@ -136,6 +136,107 @@ def test_conditional_iwae_and_full_posterior_runs(tmp_path, capsys):
     assert not (tmp_path / "x").exists(), "a refused configuration leaves no run directory"
 
 
+DISCRETE = ["--hidden", "8", "--latent-dim", "3", "--epochs", "1", "--batch-size", "512"]
+
+
+@pytest.mark.parametrize("latent, options", [
+    ("bernoulli", ["--estimator", "score", "--baseline", "loo", "--samples", "2"]),
+    ("categorical", ["--estimator", "nvil"]),
+    ("bernoulli", ["--estimator", "vimco", "--samples", "2"]),
+    ("categorical", []),                                  # the defaults: gumbel, tau 1, 10 classes
+    ("bernoulli", ["--estimator", "straight-through", "--temperature", "2", "--temperature-min", "0.5",
+                   "--anneal-rate", "0.1"]),
+], ids=["score-loo", "nvil", "vimco", "defaults", "straight-through-annealed"])
+def test_a_discrete_code_trains_through_the_cli(tmp_path, latent, options, capsys):
+    """One epoch of a tiny DiscreteVAE per estimator; a discrete code binarises dynamically by
+    default; the run loads back as a DiscreteVAE with its options, and every later command reads it."""
+    out = tmp_path / "run"
+    assert main(["train", *DISCRETE, "--latent", latent, *options, "--no-figures", "--out", str(out)]) == 0
+    run = load_run(out)
+    assert type(run.model).__name__ == "DiscreteVAE" and run.model.posterior.name == latent
+    assert run.config.binarize == "dynamic" and run.history["epoch"] == [1]
+    given = dict(zip(options[::2], options[1::2]))
+    assert run.config.estimator == given.get("--estimator", "gumbel")
+    if latent == "categorical":
+        assert run.model.posterior.n_categories == 10
+    if run.config.estimator in ("gumbel", "straight-through"):
+        assert run.history["temperature"] == [max(0.5, float(given.get("--temperature", 1))
+                                                  * np.exp(-float(given.get("--anneal-rate", 0)) * 15))]
+    assert (run.baseline is not None) == (run.config.estimator in ("nvil", "score"))
+
+
+def test_every_command_reads_a_discrete_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *DISCRETE, "--latent", "categorical", "--categories", "3", "--estimator", "nvil",
+                 "--out", str(out)]) == 0
+    assert {"curves.png", "reconstructions.png", "samples.png", "latent_pca.png"} <= set(os.listdir(out))
+    assert not {"interpolation.png", "latent.png", "manifold.png"} & set(os.listdir(out))
+    assert main(["evaluate", str(out), "--importance", "20", "--limit", "50"]) == 0
+    assert "KL per variable, largest first" in capsys.readouterr().out
+    result = json.loads((out / "evaluation.json").read_text())
+    assert len(result["kl_per_dim"]) == 3 and len(result["active_unit_variance"]) == 3
+    assert result["test_log_likelihood"] > result["test_elbo"]
+    assert main(["sample", str(out), "-n", "9"]) == 0 and main(["reconstruct", str(out), "-n", "4"]) == 0
+    assert main(["plot", str(out)]) == 0
+    before = (out / "checkpoint.npz").read_bytes()
+    line = one_line_error(capsys, ["train", "--out", str(out), "--resume", "--epochs", "2", "--latent", "bernoulli",
+                                   "--categories", "4", "--estimator", "vimco", "--temperature", "0.5"])
+    assert line == ("numpyvae train: error: --resume cannot change: --latent (saved categorical, given bernoulli), "
+                    "--categories (saved 3, given 4), --estimator (saved nvil, given vimco), --temperature (saved 1, "
+                    "given 0.5); start a new run (another --out) to train with different settings")
+    assert (out / "checkpoint.npz").read_bytes() == before
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--latent", "categorical",
+                 "--no-figures"]) == 0
+    assert load_run(out).epoch == 2
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--estimator", "nvil"], "--estimator nvil trains a discrete code: add --latent bernoulli or --latent "
+                              "categorical"),
+    (["--latent", "bernoulli", "--estimator", "stl"], "--estimator stl does not train a discrete code (--latent "
+                                                      "bernoulli); choose one of score, nvil, vimco, gumbel, "
+                                                      "straight-through"),
+    (["--latent", "bernoulli", "--estimator", "vimco"], "--estimator vimco needs --samples K >= 2 (each of the K "
+                                                        "samples gets a baseline from the others); got --samples 1"),
+    (["--latent", "bernoulli", "--estimator", "vimco", "--samples", "2", "--beta", "0.5"],
+     "estimator='vimco' trains on the K-sample bound, which has no KL term to weight"),
+    (["--latent", "bernoulli", "--estimator", "score", "--temperature", "0.5"],
+     "--temperature, --temperature-min and --anneal-rate apply to --estimator gumbel and straight-through, which "
+     "relax the code; --estimator score takes none"),
+    (["--temperature", "0.5"], "--estimator reparam takes none"),
+    (["--latent", "bernoulli", "--temperature-min", "0.5"], "--temperature-min and --anneal-rate go together"),
+    (["--latent", "bernoulli", "--anneal-rate", "0.5"], "--temperature-min and --anneal-rate go together"),
+    (["--latent", "bernoulli", "--temperature-min", "2", "--anneal-rate", "0.1"],
+     "--temperature-min 2.0 exceeds --temperature 1.0, where the annealing starts"),
+    (["--latent", "bernoulli", "--categories", "4"], "--categories applies to --latent categorical only"),
+    (["--categories", "4"], "--categories applies to --latent categorical only"),
+    (["--latent", "categorical", "--posterior", "full"], "--posterior is the covariance of a Gaussian code"),
+    (["--latent", "categorical", "--conditional"], "--conditional trains a conditional VAE with a Gaussian code"),
+    (["--latent", "bernoulli", "--objective", "iwae"], "--objective iwae is for a Gaussian code; a discrete code "
+                                                       "trains on the K-sample bound with --estimator vimco"),
+    (["--latent", "bernoulli", "--likelihood", "gaussian", "--binarize", "dynamic"],
+     "binarize='dynamic' only makes sense with the bernoulli likelihood"),
+], ids=lambda v: v[0] if isinstance(v, list) and len(v) == 1 else " ".join(v) if isinstance(v, list) else "")
+def test_bad_discrete_options_are_one_line(tmp_path, options, message, capsys):
+    line = one_line_error(capsys, ["train", *DISCRETE, *options, "--out", str(tmp_path / "x")])
+    assert message in line, line
+    assert not (tmp_path / "x").exists(), "a refused configuration leaves no run directory"
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["train", "--temperature", "0"], "numpyvae train: error: argument --temperature: expected a positive number, "
+                                      "got 0"),
+    (["train", "--categories", "1"], "numpyvae train: error: argument --categories: expected an integer >= 2 (a "
+                                     "variable of one class carries nothing), got 1"),
+    (["train", "--latent", "gumbel"], "numpyvae train: error: argument --latent: invalid choice: 'gumbel' (choose "
+                                      "from 'gaussian', 'bernoulli', 'categorical')"),
+    (["discrete", "--importance", "0"], "numpyvae discrete: error: argument --importance: expected a positive "
+                                        "integer, got 0"),
+])
+def test_discrete_usage_errors_are_one_line(argv, line, capsys):
+    assert usage_error(capsys, argv) == line
+
+
 def test_autoencoders_command(tmp_path, capsys):
     assert main(["autoencoders", "--quick", "--epochs", "1", "--out", str(tmp_path)]) == 0
     assert {"random_codes.png", "denoising.png", "autoencoders.json"} <= set(os.listdir(tmp_path))
@@ -175,7 +276,7 @@ def test_usage_errors_are_one_line_and_blame_the_subcommand(argv, line, capsys):
 
 
 @pytest.mark.parametrize("command", ["train", "sample", "reconstruct", "evaluate", "plot", "estimators",
-                                     "autoencoders"])
+                                     "discrete", "autoencoders"])
 def test_help_shows_every_default_once(command, capsys):
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args([command, "--help"])

@@ -18,7 +18,7 @@ from numpyvae.ppca import linear_vae_from_ppca, ppca_fit, ppca_log_likelihood
 # = 0.0158 and 0.0211, against 1 for the prior. The encoder is the exact posterior (Eq. (P5))
 # with its mean moved by DELTA = 1.25 posterior standard deviations in each dimension, so
 #   KL(q || p(z|x)) = Z DELTA^2 / 2 = 1.5625 nats for every x, and the relative variance of the
-#   importance weights is 1 + r = exp(Z DELTA^2) = 22.8 (docs/ppca.md, section 5), the same for every x.
+#   importance weights is 1 + Var(w)/p(x)^2 = exp(Z DELTA^2) = 22.8 (Eq. (Q4), docs/ppca.md), the same for every x.
 # Because the shift is the same in posterior-standard-deviation units for every x, the
 # distribution of log p_hat(x) - log p(x) is the same for every datapoint: the N datapoints
 # are N independent repetitions, and standard errors over them are honest.
@@ -50,7 +50,7 @@ def test_importance_sampling_converges_as_k_grows(problem):
 
     At K = 1 the expected gap is KL(q || p(z|x)) = 1.5625 (Eq. (E3), docs/elbo.md). It falls
     with K (Burda et al.'s monotonicity, docs/importance.md), each step by more than 3 standard
-    errors of the difference; at K = 1000 it is below 0.05 nats (theory, gap ~ r / (2K) =
+    errors of the difference; at K = 1000 it is below 0.05 nats (theory, gap ~ (Var(w)/p(x)^2) / (2K) =
     0.011) and not below 0 by more than 3 standard errors (it is >= 0 in expectation, Jensen).
     Measured (mean gap +- standard error): K=1 1.529 +- 0.055, K=10 0.350 +- 0.025,
     K=100 0.079 +- 0.011, K=1000 0.0072 +- 0.0043. Drops: 19, 10 and 6 standard errors.
@@ -74,8 +74,8 @@ def test_prior_sampling_needs_far_more_samples(problem):
     """Sampling z from the prior (Eq. (Q1), docs/ppca.md) against importance sampling from the
     imperfect encoder, on 40 datapoints of the same problem; errors are mean |log p_hat - log p|.
 
-    By Eq. (Q2), docs/ppca.md, prior sampling has 1 + r = prod_j exp(m_j^2/(2 - s_j^2)) /
-    (s_j sqrt(2 - s_j^2)), a median of ~3000 over these datapoints, against 22.8 for the
+    By Eq. (Q2), docs/ppca.md, prior sampling has 1 + Var(w)/p(x)^2 = prod_j exp(mu_j^2/(2 - sigma_j^2)) /
+    (sigma_j sqrt(2 - sigma_j^2)), a median of ~3000 over these datapoints, against 22.8 for the
     encoder. Measured: importance sampling K=10: 0.78 nats; prior sampling K=100: 86.8,
     K=1000: 5.67, K=10000: 0.93, K=100000: 0.152 nats.
     Asserted, with wide margins: prior sampling with K = 1000 is more than 5x worse than
@@ -91,7 +91,7 @@ def test_prior_sampling_needs_far_more_samples(problem):
     for K in (100, 1000, 10000, 100000):
         est = log_likelihood_prior_sampling(model, x, K, np.random.default_rng(K))
         naive_err[K] = np.abs(est - exact).mean()
-    print(f"\nmedian 1 + r for prior sampling {np.median(one_plus_r):.0f}; IS K=10 error {is_err:.3f}; "
+    print(f"\nmedian 1 + Var(w)/p(x)^2 for prior sampling {np.median(one_plus_r):.0f}; IS K=10 error {is_err:.3f}; "
           "prior-sampling error by K:", {K: round(float(e), 3) for K, e in naive_err.items()})
     assert naive_err[1000] > 5 * is_err, (naive_err, is_err)
     assert naive_err[100000] < 0.5 and naive_err[100000] < 0.1 * naive_err[100], naive_err
@@ -193,7 +193,7 @@ def test_active_units_counts_moving_means():
 
 def test_diagnostics_on_ppca_match_closed_forms():
     """For the ML pPCA model on its own training data (docs/ppca.md, section 6):
-    A_j = 1 - sigma2 / lam_j and KL_j = 1/2 log(lam_j / sigma2), to rounding."""
+    A_j = 1 - sigma2 / kappa_j and KL_j = 1/2 log(kappa_j / sigma2), to rounding (sigma2 = lambda)."""
     rng = np.random.default_rng(6)
     x = rng.standard_normal((800, 5)) * np.array([3.0, 2.0, 0.5, 0.4, 0.3]) @ np.linalg.qr(
         rng.standard_normal((5, 5)))[0]

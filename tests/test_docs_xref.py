@@ -45,6 +45,8 @@ EXPECTED_DOCS = {
     "README.md": "", "elbo.md": "E", "kl.md": "KF", "distributions.md": "GL",
     "reparameterization.md": "R", "importance.md": "I", "backprop.md": "B", "gradcheck.md": "C",
     "estimators.md": "STV", "ppca.md": "PQA", "autoencoders.md": "D",
+    "discrete.md": "H",
+    "convolution.md": "J",
 }
 
 LABEL = r"[A-Z][0-9]+"

@@ -263,7 +263,8 @@ def test_decoder_gradient_is_the_same_for_every_estimator():
 
 def test_blocked_training_collapses_the_posterior():
     """Without a path from the data term to the encoder, only the KL trains q: it is driven to
-    the prior (KL -> 0, measured 0.036 -> 0.000 nats in 3 epochs) while reparam keeps ~30 nats."""
+    the prior. Measured test KL (mean KL(q(z|x) || p(z)) over the 200 test digits, nats): 0.36 at
+    initialisation, then 0.040, 0.0094, 0.0021 after epochs 1-3; with reparam 6.2, 50, 37."""
     from numpyvae.training import TrainConfig, new_run, train
     ds = nv.load_dataset("mnist-mini")
     kls = {}

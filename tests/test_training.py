@@ -5,14 +5,16 @@ checkpoint loading (every field load_run reads is checked)."""
 import copy
 import math
 import os
+import re
 
 import numpy as np
 import pytest
 
 import numpyvae as nv
 from numpyvae.checkpoint import load_checkpoint, save_checkpoint
-from numpyvae.training import (TrainConfig, TrainingDiverged, create_run_dir, estimate_parameters, kl_warmup_beta,
-                               load_run, minibatches, new_run, prepare_pixels, run_lock, train)
+from numpyvae.training import (TrainConfig, TrainingDiverged, create_run_dir, estimate_parameters, evaluate_elbo,
+                               fixed_test_noise, kl_warmup_beta, load_run, minibatches, new_run, prepare_pixels,
+                               run_lock, temperature_at, train)
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +23,11 @@ def small_data():
     return ds.x_train[:600], ds.x_test[:200]
 
 
-def small_run(epochs, seed=0, **cfg):
-    model = nv.VAE(784, (32,), 4, activation="relu", seed=seed, dtype=np.float32)
+def small_run(epochs, seed=0, latent=None, **cfg):
+    """A 784-32-4 ReLU model (a VAE, or a DiscreteVAE with ``latent``, 3 classes when categorical)."""
+    model = (nv.VAE(784, (32,), 4, activation="relu", seed=seed, dtype=np.float32) if latent is None else
+             nv.DiscreteVAE(784, (32,), 4, latent=latent, n_categories=3 if latent == "categorical" else 2,
+                            activation="relu", seed=seed, dtype=np.float32))
     config = TrainConfig(epochs=epochs, batch_size=64, seed=seed, **cfg)
     return new_run(model, config, {"dataset": "mnist-mini"})
 
@@ -81,12 +86,17 @@ def test_training_improves_test_elbo(small_data):
                                    rtol=1e-6)
 
 
-@pytest.mark.parametrize("extra", [{}, {"estimator": "score", "baseline": "learned"},
-                                   {"estimator": "score", "baseline": "ema"}], ids=["reparam", "learned", "ema"])
+@pytest.mark.parametrize("extra", [
+    {}, {"estimator": "score", "baseline": "learned"}, {"estimator": "score", "baseline": "ema"},
+    {"latent": "bernoulli", "estimator": "nvil"},
+    {"latent": "categorical", "estimator": "gumbel", "temperature": 2.0, "temperature_min": 0.5, "anneal_rate": 0.05},
+], ids=["reparam", "learned", "ema", "discrete-nvil", "discrete-gumbel-annealed"])
 def test_resume_is_bit_for_bit(small_data, tmp_path, extra):
     """3 epochs + resume for 3 more == 6 uninterrupted epochs, with dynamic binarisation and
     KL warm-up so every use of the random stream and of the epoch counter is exercised, and
-    with stateful baselines whose state must travel in the checkpoint too."""
+    with stateful baselines whose state must travel in the checkpoint too (NVIL's for a discrete
+    code), and a temperature annealed per global step across the resume (2 exp(-0.05 t) reaches
+    its floor 0.5 at step 28 of 60)."""
     cfg = dict(binarize="dynamic", warmup_epochs=2, **extra)
     x_train, x_test = prepare_pixels(*small_data, "dynamic", 0, "bernoulli")
     straight = train(small_run(6, **cfg), x_train, x_test, log=lambda s: None, progress=False)
@@ -102,8 +112,12 @@ def test_resume_is_bit_for_bit(small_data, tmp_path, extra):
     s1, s2 = straight.optimizer.state_dict(), resumed.optimizer.state_dict()
     assert s1["scalars"] == s2["scalars"]
     assert all(np.array_equal(s1["arrays"][k], s2["arrays"][k]) for k in s1["arrays"])
-    for key in ("train_elbo", "test_elbo", "beta"):
+    for key in ("train_elbo", "test_elbo", "beta") + (("temperature",) if "temperature" in extra else ()):
         assert straight.history[key] == resumed.history[key], key
+    if straight.baseline is not None:
+        b1, b2 = straight.baseline.state(), resumed.baseline.state()
+        assert b1["scalars"] == b2["scalars"] and all(np.array_equal(b1["arrays"][k], b2["arrays"][k])
+                                                      for k in b1["arrays"])
     # and the comparison can fail: a different seed gives different parameters
     other = train(small_run(1, seed=1), x_train, x_test, log=lambda s: None, progress=False)
     assert not np.array_equal(other.model.params["enc.h0.W"], straight.model.params["enc.h0.W"])
@@ -188,7 +202,8 @@ def test_a_non_finite_minibatch_elbo_stops_training_at_that_step(small_data, mon
 
 def test_a_non_finite_test_elbo_is_not_saved(small_data, tmp_path, monkeypatch):
     monkeypatch.setattr("numpyvae.training.evaluate_elbo",
-                        lambda *a, **k: {"elbo": math.nan, "rec": math.nan, "kl": 1.0, "kl_per_dim": [1.0] * 4})
+                        lambda *a, **k: {"elbo": math.nan, "rec": math.nan, "kl": 1.0, "kl_per_dim": [1.0] * 4,
+                                        "kl_offdiag": 0.0})
     run = small_run(1)
     with pytest.raises(TrainingDiverged, match="epoch 1 \\(at the evaluation after its last step\\): the test "
                                                "elbo is not finite; nothing was saved"):
@@ -254,6 +269,8 @@ def test_a_symlinked_lock_file_is_refused(tmp_path):
 def test_estimate_parameters_counts_what_the_model_builds():
     models = [nv.VAE(784, (400,), 20, activation="tanh"), nv.VAE(6, (), 3), nv.VAE(10, (7, 5), 4, posterior="full", activation="tanh"),
               nv.VAE(10, (8,), 2, likelihood="gaussian-learned", activation="tanh"), nv.ConditionalVAE(784, 10, (16,), 3, activation="tanh")]
+    models += [nv.DiscreteVAE(10, (7, 5), 4), nv.DiscreteVAE(10, (), 3, latent="categorical", n_categories=5),
+               nv.DiscreteVAE(10, (8,), 2, latent="categorical", n_categories=3, likelihood="gaussian-learned")]
     for model in models:
         assert estimate_parameters(model.config) == model.num_params(), model
 
@@ -314,3 +331,106 @@ def test_load_run_checks_every_field(saved, tmp_path, change, message):
     assert str(info.value).startswith(f"{tmp_path / 'crafted.npz'}: "), info.value
     assert message in str(info.value), info.value
 
+
+
+# ---------------------------------------------------------------------------- a discrete code
+
+def test_temperature_is_annealed_per_global_step(small_data, monkeypatch):
+    """tau_t = max(tau_min, tau_0 exp(-r t)) (Jang et al. 2017), t the global step: the trainer passes
+    exactly that temperature to every step, across epochs, and records the last step's per epoch."""
+    cfg = TrainConfig(estimator="gumbel", temperature=2.0, temperature_min=0.5, anneal_rate=0.1)
+    assert temperature_at(0, cfg) == 2.0 and temperature_at(5, cfg) == pytest.approx(2.0 * math.exp(-0.5))
+    assert temperature_at(14, cfg) == 0.5 and temperature_at(10 ** 6, cfg) == 0.5      # 2 e^{-1.4} < 0.5
+    assert temperature_at(10 ** 6, TrainConfig(estimator="gumbel", temperature=0.7)) == 0.7   # no annealing
+    run = small_run(2, latent="bernoulli", estimator="gumbel", temperature=2.0, temperature_min=0.5, anneal_rate=0.1)
+    seen, original = [], run.model.loss_and_grads
+
+    def recording(*args, temperature, **kwargs):
+        seen.append(temperature)
+        return original(*args, temperature=temperature, **kwargs)
+
+    monkeypatch.setattr(run.model, "loss_and_grads", recording)
+    train(run, *small_data, log=None, progress=False)
+    steps = math.ceil(600 / 64)
+    assert seen == [temperature_at(t, run.config) for t in range(2 * steps)]
+    assert seen[0] == 2.0 and seen[-1] == 0.5 and seen[5] < seen[4]
+    assert run.history["temperature"] == [seen[steps - 1], seen[-1]]
+
+
+@pytest.mark.parametrize("latent", ["bernoulli", "categorical"])
+def test_a_discrete_code_trains_and_reports_its_own_kl(small_data, latent):
+    """Two epochs of "vimco" (K = 2) improve the test ELBO; the test ELBO is the discrete model's Monte
+    Carlo ELBO with the fixed noise of fixed_test_noise (logistic or Gumbel, (1, N, Z[, C])); the
+    per-dimension KL is each unit's or variable's, summing to the KL."""
+    x_train, x_test = prepare_pixels(*small_data, "dynamic", 0, "bernoulli")
+    run = train(small_run(2, latent=latent, estimator="vimco", n_samples=2, binarize="dynamic"), x_train, x_test,
+                log=None, progress=False)
+    h = run.history
+    assert h["test_elbo"][1] > h["test_elbo"][0] + 5, h["test_elbo"]
+    noise = fixed_test_noise(run.model, x_test.shape[0], 0)
+    assert noise.shape == (1, x_test.shape[0]) + run.model.posterior.event_shape
+    test = evaluate_elbo(run.model, x_test, noise)
+    assert test["elbo"] == h["test_elbo"][-1]
+    assert test["elbo"] == pytest.approx(float(np.mean(run.model.elbo(x_test, noise=noise))), rel=1e-6)
+    assert len(h["test_kl_per_dim"][-1]) == 4 and h["test_kl_offdiag"] == [0.0, 0.0]
+    assert sum(h["test_kl_per_dim"][-1]) == pytest.approx(h["test_kl"][-1], rel=1e-5)
+    assert "temperature" not in h
+
+
+def test_discrete_options_are_checked():
+    for kwargs, message in [
+        (dict(estimator="nvil2"), "unknown estimator 'nvil2'"),
+        (dict(estimator="gumbel", temperature=0.0), "temperature must be a positive number"),
+        (dict(estimator="gumbel", temperature=float("inf")), "temperature must be a positive number"),
+        (dict(estimator="score", temperature=0.5), "apply to the estimators ['gumbel', 'straight-through']"),
+        (dict(estimator="gumbel", anneal_rate=0.1), "annealing needs both"),
+        (dict(estimator="gumbel", temperature_min=0.5), "annealing needs both"),
+        (dict(estimator="gumbel", temperature_min=2.0, anneal_rate=0.1), "no larger than temperature"),
+        (dict(estimator="gumbel", anneal_rate=-1.0), "anneal_rate must be a number >= 0"),
+        (dict(estimator="vimco"), "needs n_samples >= 2"),
+        (dict(estimator="vimco", n_samples=2, beta=0.5), "no KL term to weight"),
+        (dict(estimator="vimco", n_samples=2, warmup_epochs=1), "no KL term to weight"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            TrainConfig(**kwargs)
+    vae = nv.VAE(784, (8,), 2)
+    dm = nv.DiscreteVAE(784, (8,), 2)
+    for model, cfg, message in [(vae, TrainConfig(estimator="nvil"), "does not train a Gaussian code"),
+                                (dm, TrainConfig(estimator="reparam"), "does not train a discrete (bernoulli) code"),
+                                (dm, TrainConfig(objective="iwae"), "estimator='vimco'")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            new_run(model, cfg)
+
+
+@pytest.fixture(scope="module")
+def saved_nvil(small_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("saved_nvil")
+    train(small_run(1, latent="categorical", estimator="nvil"), *small_data, out_dir=out, log=None, progress=False)
+    return load_checkpoint(out / "checkpoint.npz")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a, m: m["baseline"].update(var=-1.0), "field 'baseline' ['var'] must be None or a number >= 0"),
+    (lambda a, m: m["baseline"].update(var="x"), "field 'baseline' ['var'] must be None or a number >= 0"),
+    (lambda a, m: m["baseline"].update(type="learned"), "field 'baseline' must be the state of a 'nvil' baseline"),
+    (lambda a, m: m.update(baseline=None), "field 'baseline' must be the state of a 'nvil' baseline"),
+    (lambda a, m: m["train"].update(estimator="reparam"), "field 'train' is not a valid training configuration: "
+                                                          "estimator='reparam' does not train a discrete"),
+    (lambda a, m: m["model"].update(n_categories=10 ** 6), "field 'model' does not describe the saved model: it "
+                                                           "describes a model of"),
+    (lambda a, m: m["model"].update(latent="gaussian"), "field 'model' does not describe the saved model: unknown "
+                                                        "latent"),
+], ids=lambda v: "" if callable(v) else v[:40])
+def test_load_run_checks_a_discrete_run(saved_nvil, tmp_path, change, message):
+    arrays, meta = dict(saved_nvil[0]), copy.deepcopy(saved_nvil[1])
+    loaded = load_run_from(tmp_path / "good.npz", arrays, meta)
+    assert isinstance(loaded.model, nv.DiscreteVAE) and loaded.baseline.var is not None
+    change(arrays, meta)
+    with pytest.raises(ValueError) as info:
+        load_run_from(tmp_path / "crafted.npz", arrays, meta)
+    assert message in str(info.value), info.value
+
+
+def load_run_from(path, arrays, meta):
+    save_checkpoint(path, arrays, meta)
+    return load_run(path)

@@ -111,11 +111,12 @@ def train_autoencoder(model, x_train, epochs, batch_size=128, lr=1e-3, seed=0, l
 # ---------------------------------------------------------------------------
 
 def fit_code_gaussian(codes):
-    """The Gaussian with the mean and covariance of a set of codes (N, Z), N >= 2:
+    """The Gaussian with the mean and covariance of a set of codes z_n (N, Z), N >= 2:
 
-        m = 1/N sum_n c_n,    S = 1/(N - 1) sum_n (c_n - m)(c_n - m)^T    Eq. (D6), docs/autoencoders.md
+        zbar = 1/N sum_n z_n,    S = 1/(N - 1) sum_n (z_n - zbar)(z_n - zbar)^T    Eq. (D6), docs/autoencoders.md
 
-    Returns ``(m, S)`` in float64, shapes (Z,) and (Z, Z).
+    (the codes are a sample from an unknown distribution; 1/(N - 1) makes S unbiased for its
+    covariance). Returns ``(zbar, S)`` in float64, shapes (Z,) and (Z, Z).
     """
     c = np.asarray(codes, dtype=np.float64)
     if c.ndim != 2 or c.shape[0] < 2:
@@ -126,12 +127,12 @@ def fit_code_gaussian(codes):
 
 
 def prior_mismatch(mean, cov):
-    """KL( N(0, I) || N(m, S) ) in nats, the price of sampling codes from N(0, I) when the
-    decoder was trained on codes spread like N(m, S):
+    """KL( N(0, I) || N(zbar, S) ) in nats, the price of sampling codes from N(0, I) when the
+    decoder was trained on codes spread like N(zbar, S) (``mean`` = zbar (Z,), ``cov`` = S (Z, Z)):
 
-        KL = 1/2 ( tr(S^-1) + m^T S^-1 m - Z + log det S )        Eq. (D8), docs/autoencoders.md
+        KL = 1/2 ( tr(S^-1) + zbar^T S^-1 zbar - Z + log det S )        Eq. (D8), docs/autoencoders.md
 
-    (Eq. (K1) of docs/kl.md with q = N(0, I).) It is 0 only when m = 0 and S = I, and large
+    (Eq. (K1) of docs/kl.md with q = N(0, I).) It is 0 only when zbar = 0 and S = I, and large
     when the prior puts its mass where the codes never go.
     """
     mean = np.asarray(mean, dtype=np.float64)
@@ -141,19 +142,24 @@ def prior_mismatch(mean, cov):
 
 def aggregate_posterior_gaussian(vae, x, batch_size=1000):
     """Mean and covariance of a VAE's aggregate posterior q(z) = 1/N sum_n q(z | x_n) over x (N, D):
-    the codes its decoder was trained on. By the law of total covariance,
+    the codes its decoder was trained on.   Eq. (D7), docs/autoencoders.md
 
-        m = mean_n mu_n,    S = Cov_n[mu_n] + mean_n diag(exp(logvar_n))     Eq. (D7), docs/autoencoders.md
+        zbar = 1/N sum_n mu_n,
+        S    = 1/N sum_n (mu_n - zbar)(mu_n - zbar)^T  +  1/N sum_n diag(exp(logvar_n))
 
-    (the spread of the posterior means plus the average posterior variance). Returns
-    ``(m, S)`` in float64, shapes (Z,) and (Z, Z). Needs a diagonal-Gaussian posterior.
+    the law of total covariance with the component n uniform on 1..N: the spread of the
+    posterior means plus the average posterior variance. Both are exact averages over the N
+    components, so both carry 1/N: S is the covariance of the mixture itself, not an estimate
+    from a sample (unlike fit_code_gaussian's 1/(N - 1)). Returns ``(zbar, S)`` in float64,
+    shapes (Z,) and (Z, Z). Needs a diagonal-Gaussian posterior.
     """
     posterior = vae.config["posterior"]
     if posterior != "diag":
         raise ValueError(f"aggregate_posterior_gaussian needs a VAE with posterior='diag'; got {posterior!r}")
-    mu, logvar = encode_all(vae, x, batch_size)
-    m, cov_mu = fit_code_gaussian(mu)
-    return m, cov_mu + np.diag(np.exp(logvar.astype(np.float64)).mean(axis=0))
+    mu, logvar = (a.astype(np.float64) for a in encode_all(vae, x, batch_size))
+    zbar = mu.mean(axis=0)
+    spread = (mu - zbar).T @ (mu - zbar) / mu.shape[0]
+    return zbar, spread + np.diag(np.exp(logvar).mean(axis=0))
 
 
 # ---------------------------------------------------------------------------
@@ -177,9 +183,9 @@ def plot_random_codes(ae, vae, path, rng, n=32, image_shape=(28, 28), x_train=No
                "autoencoder\n$z \\sim \\mathcal{N}(0, I)$"),
               (vae.sample(n, rng), "VAE\n$z \\sim \\mathcal{N}(0, I)$, its prior")]
     if x_train is not None:
-        m, S = fit_code_gaussian(encode_all(ae, ae.check_input(x_train, "x_train")))
-        panels.append((ae.decode(rng.multivariate_normal(m, S, size=n)),
-                       "autoencoder\n$z \\sim \\mathcal{N}(m, S)$ fitted to its codes"))
+        zbar, S = fit_code_gaussian(encode_all(ae, ae.check_input(x_train, "x_train")))
+        panels.append((ae.decode(rng.multivariate_normal(zbar, S, size=n)),
+                       "autoencoder\n$z \\sim \\mathcal{N}(\\bar z, S)$ fitted to its codes"))
     nrow = min(n, 8)
     grids = [image_grid(images, nrow, (H, W), empty_value=np.nan) for images, _ in panels]
     gh, gw = grids[0].shape
@@ -195,7 +201,7 @@ def plot_random_codes(ae, vae, path, rng, n=32, image_shape=(28, 28), x_train=No
 
 def _noise_caption(noise):
     kind, level = noise
-    return f"masking, p = {level:g}" if kind == "masking" else f"additive Gaussian, std = {level:g}"
+    return f"masking, rate $\\rho$ = {level:g}" if kind == "masking" else f"additive Gaussian, std $s$ = {level:g}"
 
 
 def plot_denoising(dae, ae, x_clean, path, rng, noise=("masking", 0.5), n=10, image_shape=(28, 28)):
@@ -247,7 +253,7 @@ def compare_autoencoders(dataset, out_dir, epochs=10, quick=False, seed=0,
     * ``{ae,dae}_test_loss_clean``: test reconstruction loss, encoder sees x;
     * ``{ae,dae}_test_loss_corrupted``: encoder sees one fixed corruption of x, target x;
     * ``vae_test_loss_at_mean``: -log p(x | decoder(mu(x))) of the VAE, the same quantity;
-    * ``{ae,vae}_prior_mismatch``: KL( N(0, I) || N(m, S) ) with (m, S) the mean and covariance
+    * ``{ae,vae}_prior_mismatch``: KL( N(0, I) || N(zbar, S) ) with (zbar, S) the mean and covariance
       of the AE's codes of the training set, or of the VAE's aggregate posterior
       (``prior_mismatch``); how badly N(0, I) codes miss the codes the decoder was trained on;
     * ``epochs``, ``n_train``, ``n_test``, ``noise``, ``seconds`` and the figure paths.

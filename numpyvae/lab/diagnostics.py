@@ -60,10 +60,13 @@ def kl_per_dimension(model, x, batch_size=1000, y=None):
     per-dimension terms, so kl_per_dimension(model, x).sum() is the model's mean KL. A dimension with KL_j
     close to 0 is unused: its posterior is the prior for (almost) every x.
     Accumulated in float64 over batches of ``batch_size`` datapoints.
+
+    A full-covariance posterior raises: its KL has no split into dimensions that is both a KL
+    per dimension and sums to the total (docs/ppca.md, section 6). training.evaluate_elbo
+    reports its diagonal terms and its off-diagonal part separately instead.
     """
     posterior = model.config["posterior"]
     if posterior != "diag":
-        # With a full covariance the KL does not split into a sum over dimensions.
         raise ValueError(f"kl_per_dimension needs a diagonal posterior (posterior='diag'); got posterior={posterior!r}")
     total = np.zeros(model.latent_dim)
     n = 0
@@ -79,12 +82,12 @@ def active_units(model, x, threshold=0.01, batch_size=1000, y=None):
 
     Unit j is active if its posterior mean moves with the data:
 
-        A_j = Var over x of E_q[z_j | x] = 1/N sum_n (mu_j(x_n) - mean_n mu_j)^2  >  threshold
+        Var_x mu_j = Var over x of E_q[z_j | x] = 1/N sum_n (mu_j(x_n) - mean_n mu_j)^2  >  threshold
 
     (the 1/N population variance, as in the paper, whose threshold is 0.01). The posterior
     variance plays no part: a unit whose mean is the same for every x tells the decoder
     nothing about x, however its variance behaves. Returns ``(count, variances)`` with count
-    a Python int and variances the (Z,) float64 array of A_j.
+    a Python int and variances the (Z,) float64 array of Var_x mu_j.
     """
     threshold = check.check_finite_number(threshold, "threshold", low=0.0)
     # The means are only (N, Z): keeping them all lets np.var do a stable two-pass variance.

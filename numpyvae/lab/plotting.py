@@ -37,13 +37,14 @@ from scipy.special import ndtri  # the standard normal inverse CDF (norm.ppf), w
 
 from .._validate import check_positive_int, check_rng
 from ..checkpoint import atomic_write_bytes
-from .diagnostics import encode_all
+from ..discrete import DiscreteVAE
+from .diagnostics import encode_all, encode_in_batches
 
 __all__ = [
     "image_grid", "manifold_codes", "pca_2d", "check_model_image_shape",
     "new_figure", "save_figure", "display_range", "show_image",
     "plot_image_grid", "plot_class_grid", "plot_training_curves", "plot_reconstructions", "plot_samples",
-    "plot_latent_scatter", "plot_manifold", "plot_interpolation", "plot_latent_pca",
+    "plot_latent_scatter", "plot_manifold", "plot_interpolation", "plot_latent_pca", "posterior_means",
     "write_all_figures", "HISTORY_KEYS", "DPI",
 ]
 
@@ -401,12 +402,15 @@ def plot_reconstructions(x, x_rec, path, image_shape=(28, 28), n=10):
 
 
 def plot_samples(model, path, rng, n=100, image_shape=(28, 28)):
-    """Decoded means of n codes drawn from the prior N(0, I), in a square-ish grid."""
+    """Decoded means of n codes drawn from the prior (N(0, I), or a discrete model's uniform prior),
+    in a square-ish grid."""
     n = check_positive_int(n, "n")
     check_model_image_shape(model, image_shape)
     x = model.sample(n, check_rng(rng))
     nrow = math.ceil(math.sqrt(n))
-    title = f"decoded means of {n} samples $z \\sim \\mathcal{{N}}(0, I)$"
+    prior = (r"\mathcal{N}(0, I)" if not isinstance(model, DiscreteVAE) else
+             r"\mathrm{Bernoulli}(1/2)^Z" if model.posterior.name == "bernoulli" else r"\mathrm{uniform}")
+    title = f"decoded means of {n} samples $z \\sim {prior}$"
     return plot_image_grid(x, path, nrow, image_shape, title=title)
 
 
@@ -426,6 +430,15 @@ def plot_latent_scatter(mu, labels, path):
     ax.set_title(f"posterior means of {mu.shape[0]} test points")
     ax.grid(alpha=0.3)
     return save_figure(fig, path)
+
+
+def posterior_means(model, x, batch_size=1000):
+    """E_q[z|x] for a whole data set x (N, D), in batches: a VAE's mu (N, Z); a DiscreteVAE's
+    probabilities rho, the mean of a binary or one-hot code, flattened to (N, Z) or (N, Z C)."""
+    if not isinstance(model, DiscreteVAE):
+        return encode_all(model, x, batch_size)[0]
+    return np.concatenate([model.posterior.probs(omega).reshape(omega.shape[0], -1)
+                           for omega in encode_in_batches(model, x, batch_size)])
 
 
 def plot_latent_pca(mu, labels, path):
@@ -524,6 +537,9 @@ def write_all_figures(model, x_test, y_test, history, out_dir, rng, image_shape=
       None (non-image data);
     * for latent_dim == 2: ``latent.png`` and, for images, ``manifold.png``;
       for latent_dim > 2: ``latent_pca.png``. (A 1-D latent space gets neither.)
+    * for a DiscreteVAE, no interpolation, latent.png or manifold.png (a line or a grid of
+      codes leaves the discrete code space), and ``latent_pca.png`` of the posterior means
+      E_q[z|x] = rho (posterior_means) whenever the code has two numbers or more.
 
     x_test : (N, D) test data; y_test : (N,) integer labels or None.
     rng : np.random.Generator, used only for the prior samples.
@@ -551,10 +567,14 @@ def write_all_figures(model, x_test, y_test, history, out_dir, rng, image_shape=
         paths["reconstructions"] = plot_reconstructions(
             shown, model.reconstruct(shown), target("reconstructions"), image_shape)
         paths["samples"] = plot_samples(model, target("samples"), rng, image_shape=image_shape)
-        a, b = _interpolation_pair(labels, x_test.shape[0])
-        paths["interpolation"] = plot_interpolation(
-            model, x_test[a], x_test[b], target("interpolation"), image_shape=image_shape)
-    if model.latent_dim == 2:
+        if not isinstance(model, DiscreteVAE):
+            a, b = _interpolation_pair(labels, x_test.shape[0])
+            paths["interpolation"] = plot_interpolation(
+                model, x_test[a], x_test[b], target("interpolation"), image_shape=image_shape)
+    if isinstance(model, DiscreteVAE):
+        if x_test.shape[0] >= 2 and np.prod(model.posterior.event_shape) >= 2:
+            paths["latent_pca"] = plot_latent_pca(posterior_means(model, x_test), labels, target("latent_pca"))
+    elif model.latent_dim == 2:
         paths["latent"] = plot_latent_scatter(encode_all(model, x_test)[0], labels, target("latent"))
         if image_shape is not None:
             paths["manifold"] = plot_manifold(model, target("manifold"), image_shape=image_shape)
