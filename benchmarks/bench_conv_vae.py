@@ -21,8 +21,14 @@ conv2d_input_grad at run time; the package files are not touched) and replayed a
 ``np.matmul(a, b, out=c)`` on operands of the same shapes and layouts; their time over the step's
 is the matmul share. Memory of one step: the tracemalloc peak of the arrays the step allocates
 (numpy reports its buffers to tracemalloc) and the growth of the resident set over the step
-(VmHWM after the step less VmRSS before it, after resetting VmHWM through /proc/self/clear_refs),
-for the conv VAE and for the MLP default beside it.
+(VmHWM after the step less VmRSS before it, after handing freed memory back to the kernel with
+glibc's malloc_trim and resetting VmHWM through /proc/self/clear_refs; Linux only), for the conv VAE
+and for the MLP default beside it.
+
+Fresh memory is slow: glibc hands large freed blocks back to the kernel, and each new array then
+page-faults on first touch (a step allocates arrays of several MiB: im2col matrices, feature maps).
+``--keep-freed-memory`` calls mallopt so that glibc keeps freed memory for reuse, as PyTorch's
+CPU allocator in effect does, to show the step without that cost (as bench_conv.py does).
 
 Runs without PyTorch (the comparison is then skipped and says so). PyTorch 2.13.0 in a throwaway venv:
 
@@ -51,12 +57,15 @@ def parse_args(argv=None):
     p.add_argument("--gap", type=float, default=0.1, help="idle seconds between alternating blocks")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     p.add_argument("--quick", action="store_true", help="a smoke run: few short blocks")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="mallopt: glibc keeps freed memory for reuse instead of returning it to the kernel")
     p.add_argument("--json", default=None,
                    help="output JSON (default results/conv_vae.json; quick: conv_vae_quick.json)")
     a = p.parse_args(argv)
     a.repeats = a.repeats or (2 if a.quick else 9)
     a.block_seconds = a.block_seconds or (0.2 if a.quick else 1.0)
-    a.json = a.json or os.path.join(C.RESULTS_DIR, "conv_vae" + ("_quick" if a.quick else "") + ".json")
+    name = "conv_vae" + ("_keep" if a.keep_freed_memory else "") + ("_quick" if a.quick else "")
+    a.json = a.json or os.path.join(C.RESULTS_DIR, name + ".json")
     return a
 
 
@@ -160,7 +169,8 @@ def agreement(torch, batch):
             g = grads[f"{name}.{key}"]
             t = t.numpy().T if g.ndim == 2 else t.numpy()
             worst = max(worst, float(np.max(np.abs(g - t)) / np.max(np.abs(t))))
-    return abs(loss - float(t_loss)) / abs(float(t_loss)), worst
+    t_loss = float(t_loss.detach())
+    return abs(loss - t_loss) / abs(t_loss), worst
 
 
 # --------------------------------------------------------------------------- matrix products
@@ -266,6 +276,7 @@ def step_memory(step):
     tracemalloc.stop()
     resident = None
     try:
+        _release_freed_memory()              # else the previous step's freed blocks are still resident
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")                     # reset VmHWM (the peak resident set) to the current VmRSS
         before = _status_kib("VmRSS")
@@ -276,11 +287,26 @@ def step_memory(step):
     return peak / 2**20, resident
 
 
+def _release_freed_memory():
+    """Hand the heap's free memory back to the kernel (glibc's malloc_trim), so that the resident set
+    before a step holds only live arrays. OSError where there is no glibc."""
+    import ctypes
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError) as exc:
+        raise OSError(str(exc)) from exc
+
+
 # --------------------------------------------------------------------------- main
 
 def main(argv=None):
     args = parse_args(argv)
     C.set_thread_env(args.threads)
+    if args.keep_freed_memory:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        assert libc.mallopt(M_TRIM_THRESHOLD, 1 << 30) and libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
     import numpy as np
     torch = None if args.no_torch else C.import_torch()
     if torch is not None:
@@ -295,7 +321,8 @@ def main(argv=None):
     f32 = np.float32
     batches = C.make_batches(f32, args.batch, n_batches=8)
     model = numpyvae_model(f32)
-    print(f"{model}; batch {args.batch}, L = 1, float32, {args.threads} thread(s)")
+    print(f"{model}; batch {args.batch}, L = 1, float32, {args.threads} thread(s)"
+          + ("; glibc keeps freed memory (--keep-freed-memory)" if args.keep_freed_memory else ""))
     result = {"benchmark": "conv_vae", "args": vars(args), "machine": C.machine_info(), "model": repr(model)}
 
     if torch is not None:

@@ -547,6 +547,15 @@ def test_ctrl_c_in_the_estimator_lab(tmp_path, monkeypatch, capsys):
                                                f"{tmp_path} holds none or only some of its files (run it again)")
 
 
+def test_ctrl_c_in_the_discrete_lab(tmp_path, monkeypatch, capsys):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("numpyvae.lab.discrete_lab.run_discrete_lab", interrupt)
+    assert main(["discrete", "--quick", "--out", str(tmp_path)]) == 130
+    assert capsys.readouterr().err.strip() == (f"numpyvae discrete: interrupted before the lab finished; "
+                                               f"{tmp_path} holds none or only some of its files (run it again)")
+
+
 def test_figure_count_type_accepts_its_bounds():
     assert cli._figure_count("1") == 1 and cli._figure_count("1024") == 1024
     with pytest.raises(argparse.ArgumentTypeError):

@@ -242,13 +242,13 @@ def write_idx(path, array):
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    """512 training and 128 test digits of mnist-mini in the MNIST file layout (--data-dir)."""
+    """256 training and 64 test digits of mnist-mini in the MNIST file layout (--data-dir)."""
     folder = tmp_path_factory.mktemp("digits")
     d = nv.load_dataset("mnist-mini")
-    for name, array in (("train-images-idx3-ubyte", d.x_train[:512]), ("t10k-images-idx3-ubyte", d.x_test[:128])):
+    for name, array in (("train-images-idx3-ubyte", d.x_train[:256]), ("t10k-images-idx3-ubyte", d.x_test[:64])):
         write_idx(folder / name, np.round(array * 255).reshape(-1, 28, 28))
-    write_idx(folder / "train-labels-idx1-ubyte", d.y_train[:512])
-    write_idx(folder / "t10k-labels-idx1-ubyte", d.y_test[:128])
+    write_idx(folder / "train-labels-idx1-ubyte", d.y_train[:256])
+    write_idx(folder / "t10k-labels-idx1-ubyte", d.y_test[:64])
     return folder
 
 

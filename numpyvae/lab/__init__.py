@@ -10,6 +10,7 @@ modules, so a reader of the book can skip it and a change here never changes a n
                     log p(x) by prior sampling; encoding a whole data set in batches
     variance        how noisy a gradient estimator is: R draws, their variance and SNR
     estimator_lab   every estimator measured and trained side by side (``numpyvae estimators``)
+    discrete_lab    each discrete-code estimator against exact enumeration, and trained (``numpyvae discrete``)
     autoencoders    training and measuring autoencoders against a VAE (``numpyvae autoencoders``)
     plotting        the figures, and the few drawing helpers the other modules share
 

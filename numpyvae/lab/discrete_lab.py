@@ -343,7 +343,7 @@ def plot_training_comparison(results, path):
             ax.plot(h["epoch"], h["test_elbo"], marker="o", markersize=3, color=COLORS[label],
                     linestyle="--" if name == "gaussian" else "-",
                     label=f"{label}: log p(x) ~ {res['test_log_likelihood']:.1f}")
-        ax.set_title(f"{latent} code (dashed: the Gaussian VAE of the same size)")
+        ax.set_title(f"{latent} code (dashed: the Gaussian VAE of the same networks)")
         ax.set_xlabel("epoch")
         ax.set_ylabel("test ELBO (nats per digit)")
         ax.grid(alpha=0.3)
