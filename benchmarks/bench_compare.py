@@ -46,6 +46,11 @@ def parse_args(argv=None):
     p.add_argument("--blocks", type=int, default=15, help="timed blocks per version (default 15)")
     p.add_argument("--steps", type=int, default=30, help="steps per block (default 30)")
     p.add_argument("--identity-only", action="store_true", help="only compare the float64 results of every path")
+    p.add_argument("--own-threads", type=int, default=None,
+                   help="time the working tree as the command line runs it: BLAS on one thread and numpyvae on "
+                        "this many threads of its own (numpyvae.parallel), the revision with BLAS on --threads; "
+                        "set per block at run time. Default: both with BLAS on --threads (numpyvae then uses "
+                        "threads of its own only when --threads is 1)")
     return p.parse_args(argv)
 
 
@@ -177,9 +182,15 @@ def main(argv=None):
         steps = {"rev": Step(rev_pkg, batches, np), "current": Step(numpyvae, batches, np)}
         for s in steps.values():
             s(5)                                              # warm-up
+        blas = {"rev": args.threads, "current": 1 if args.own_threads else args.threads}
+        if args.own_threads:
+            numpyvae.parallel.set_num_threads(args.own_threads)
         times = {k: [] for k in steps}
         for _ in range(args.blocks):
             for name, s in steps.items():
+                if args.own_threads and not numpyvae.parallel.set_blas_threads(blas[name]):
+                    raise SystemExit("--own-threads needs OpenBLAS (numpyvae.parallel.set_blas_threads)")
+                s(2)                                          # BLAS threads settle after a change
                 t0 = time.perf_counter()
                 s(args.steps)
                 times[name].append((time.perf_counter() - t0) / args.steps)
@@ -187,7 +198,9 @@ def main(argv=None):
     C.report_load("end", own_threads=args.threads)
 
     med = {k: C.median(v) * 1e3 for k, v in times.items()}
-    print(f"\nT={args.threads}, {args.blocks} alternating blocks of {args.steps} steps each:")
+    print(f"\nT={args.threads}" + (f" (working tree: BLAS 1, numpyvae's own threads {args.own_threads})"
+                                     if args.own_threads else f", numpyvae's own threads: {numpyvae.parallel.own_threads()}")
+          + f", {args.blocks} alternating blocks of {args.steps} steps each:")
     print(f"  {args.rev}: {med['rev']:.2f} ms/step   working tree: {med['current']:.2f} ms/step")
     print(f"  speed-up ({args.rev} time / working-tree time, per block pair): median {C.median(ratios):.3f}, "
           f"range {ratios[0]:.3f} - {ratios[-1]:.3f}")

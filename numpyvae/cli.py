@@ -12,6 +12,11 @@
 
 Every command after `train` takes a run directory and defaults to the newest one under ./runs.
 
+Threads: BLAS runs on one thread and numpyvae splits its large products and elementwise work over
+NUMPYVAE_NUM_THREADS threads (default: the cores, at most 2), which stays fast when other programs
+share the cores. Setting OPENBLAS_NUM_THREADS (or OMP_NUM_THREADS) hands the threading to BLAS
+instead; NUMPYVAE_NUM_THREADS=1 runs on one core (README, "Speed").
+
 Exit status: 0 done; 1 an error, reported as one line "numpyvae COMMAND: error: ..."
 (sometimes followed by one "hint:" line); 2 a usage error; 130 interrupted (Ctrl-C), with
 a line that says what was saved.
@@ -28,7 +33,7 @@ import time
 
 import numpy as np
 
-from . import __version__
+from . import __version__, parallel
 from .checkpoint import atomic_write_json
 from .data import DATASET_NAMES, load_dataset
 from .distributions import DECODER_MEANS, LIKELIHOODS, POSTERIORS
@@ -982,6 +987,7 @@ def main(argv=None):
     args.on_interrupt = lambda: "interrupted; nothing was written"
     prefix = f"numpyvae {args.command}"
     try:
+        parallel.use_own_threads()
         return args.func(args)
     except KeyboardInterrupt:
         if sys.stdout.isatty():

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import _validate as check
 from .numerics import sigmoid, softplus, softplus_and_sigmoid
+from .parallel import for_each_row_block
 
 __all__ = [
     "LOG_2PI",
@@ -262,7 +263,15 @@ def bernoulli_log_likelihood(x, logits):
 
     The softplus form never evaluates log(sigmoid(.)), so it stays finite for logits of
     any magnitude (|logits| = 1e4 included). ``x`` may hold grey values in [0, 1].
+    Shapes: x (B, D) and logits (..., B, D) -> (..., B), or any two shapes that broadcast.
     """
+    rows = _RowBlocks(x, logits, with_grad=False)
+    if rows.blocked:
+        def block(i, j):
+            a = rows.logits[i:j]
+            rows.log_p[i:j] = np.sum(rows.x(i, j) * a - softplus(a), axis=-1)
+        rows.run(block)
+        return rows.results()
     return np.sum(x * logits - softplus(logits), axis=-1)
 
 
@@ -279,10 +288,56 @@ def bernoulli_log_likelihood_and_grad(x, logits):
 
     Equal (bit for bit) to bernoulli_log_likelihood and bernoulli_log_likelihood_grad; the training
     step uses it because softplus and sigmoid share exp(-|logits|) (numpyvae.numerics.softplus_and_sigmoid).
+    Shapes: x (B, D), logits (..., B, D) -> ((..., B), (..., B, D)).
     """
+    rows = _RowBlocks(x, logits, with_grad=True)
+    if rows.blocked:
+        def block(i, j):
+            a, xi = rows.logits[i:j], rows.x(i, j)
+            sp, sig = softplus_and_sigmoid(a)
+            np.subtract(xi, sig, out=rows.grad[i:j])
+            rows.log_p[i:j] = np.sum(xi * a - sp, axis=-1)
+        rows.run(block)
+        return rows.results()
     sp, sig = softplus_and_sigmoid(logits)
     np.subtract(x, sig, out=sig)
     return np.sum(x * logits - sp, axis=-1), sig
+
+
+class _RowBlocks:
+    """The Bernoulli likelihood's arrays seen as rows, for numpyvae.parallel.for_each_row_block.
+
+    Blocked when x is (B, D) and logits (..., B, D), the shapes of every decoder call: logits and
+    the outputs are viewed as (N B, D) rows, and row r of them pairs with row r mod B of x. Any
+    other pair of shapes that broadcast (``blocked`` False) is left to the whole-array formula.
+    The rows of a block are computed exactly as over the whole array, so blocking changes no bit.
+    """
+
+    def __init__(self, x, logits, with_grad):
+        x, logits = np.asarray(x), np.asarray(logits)
+        self.blocked = (x.ndim == 2 and logits.ndim >= 2 and logits.shape[-2:] == x.shape
+                        and logits.flags.c_contiguous and x.flags.c_contiguous and logits.size > 0)
+        if not self.blocked:
+            return
+        self.shape, (B, D) = logits.shape, x.shape
+        dtype = np.result_type(x, logits)
+        self._x, self.period = x, B
+        self.logits = logits.reshape(-1, D)
+        self.log_p = np.empty(self.logits.shape[0], dtype=dtype)
+        self.grad = np.empty(self.logits.shape, dtype=dtype) if with_grad else None
+        self.row_bytes = D * max(logits.itemsize, self.log_p.itemsize)
+
+    def x(self, i, j):
+        """The rows of x that pair with rows [i, j) of the logits (a block never crosses a slab)."""
+        start = i % self.period
+        return self._x[start:start + (j - i)]
+
+    def run(self, block):
+        for_each_row_block(block, self.logits.shape[0], self.row_bytes, period=self.period)
+
+    def results(self):
+        log_p = self.log_p.reshape(self.shape[:-1])
+        return log_p if self.grad is None else (log_p, self.grad.reshape(self.shape))
 
 
 def log_mean_exp(a, axis=0):

@@ -32,6 +32,7 @@ import numpy as np
 from ._validate import (check_nonnegative_int, check_positive_int, check_real_array, check_rng,
                         float_dtype)
 from .numerics import sigmoid, softplus
+from .parallel import matmul, rowwise
 
 __all__ = [
     "Linear", "Tanh", "ReLU", "Sigmoid", "Softplus", "Identity", "SoftClip", "Head", "MLP",
@@ -68,15 +69,13 @@ class Linear:
 
     def forward(self, x):
         self.cache = x
-        y = x @ self.params["W"]
-        y += self.params["b"]     # in place: saves a temporary of the output's size
-        return y
+        return matmul(x, self.params["W"], bias=self.params["b"])   # the bias added in place
 
     def backward(self, dy, need_dx=True):
         x = self.cache
         # Fresh arrays each call: a gradient dict returned earlier is never overwritten.
-        self.grads = {"W": x.T @ dy, "b": dy.sum(axis=0)}
-        return dy @ self.params["W"].T if need_dx else None
+        self.grads = {"W": matmul(x.T, dy), "b": dy.sum(axis=0)}
+        return matmul(dy, self.params["W"].T) if need_dx else None
 
 
 # Initialisers. Each draws from an explicit np.random.Generator.
@@ -122,13 +121,16 @@ class Tanh:
     grads = {}
 
     def forward(self, x, inplace=False):
-        y = np.tanh(x, out=x if inplace else None)
+        y = rowwise(np.tanh, x, out=x if inplace else None)     # np.tanh(x), in blocks on the threads
         self.cache = y
         return y
 
     def backward(self, dy):
-        y = self.cache
-        return dy * (1 - y * y)
+        return rowwise(_tanh_backward, dy, self.cache)
+
+
+def _tanh_backward(dy, y):
+    return dy * (1 - y * y)
 
 
 class ReLU:

@@ -41,6 +41,7 @@ from .distributions import (
 from .convnet import ConvNetworks
 from .estimators import ForwardPass, choose_estimator
 from .layers import MLP, Head, Linear, SoftClip, named
+from .parallel import rowwise
 
 __all__ = ["VAE", "DEFAULT_HIDDEN_DIMS", "DEFAULT_LATENT_DIM", "DEFAULT_ACTIVATION", "MLPNetworks",
            "ARCHITECTURES", "make_networks"]
@@ -296,7 +297,9 @@ class VAE:
         L, B = dloss_dlogpx.shape
         dh = None
         for name, head in self.dec_heads.items():
-            g = head.backward((dlogpx_dout[name] * dloss_dlogpx[..., None]).reshape(L * B, self.input_dim))
+            # d loss / d output = d log p / d output * d loss / d log p, in blocks on the threads
+            dout = rowwise(np.multiply, dlogpx_dout[name], dloss_dlogpx[..., None])
+            g = head.backward(dout.reshape(L * B, self.input_dim))
             dh = g if dh is None else dh + g
         # The decoder's input is [z, c]; only z's part of its gradient is wanted.
         dzc = self.decoder.backward(dh)
