@@ -15,7 +15,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS_DIR = os.path.join(HERE, "results")
 
-THREAD_ENV_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# NUMPYVAE_NUM_THREADS too: with BLAS on one thread numpyvae would otherwise use threads of its own
+# (numpyvae.parallel), and a "T=1" row would run on two cores.
+THREAD_ENV_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMPYVAE_NUM_THREADS")
 
 # The architectures of bench_train_step. "default" is `numpyvae train`'s default (cli.DEFAULTS);
 # "pytorch-examples" is the VAE of github.com/pytorch/examples (vae/main.py): 784-400-20, ReLU,

@@ -239,12 +239,14 @@ def eval_memory(model, x, K):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)    # else earlier batches' freed blocks stay resident
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")                     # reset VmHWM (the peak resident set) to the current VmRSS
         before = _status_kib("VmRSS")
         model.log_likelihood(x, n_importance=K, rng=rng)
         resident = (_status_kib("VmHWM") - before) / 1024
-    except OSError:
+    except (OSError, AttributeError):        # no /proc or no glibc
         resident = None
     return peak / 2**20, resident
 

@@ -268,8 +268,8 @@ def bernoulli_log_likelihood(x, logits):
     rows = _RowBlocks(x, logits, with_grad=False)
     if rows.blocked:
         def block(i, j):
-            a = rows.logits[i:j]
-            rows.log_p[i:j] = np.sum(rows.x(i, j) * a - softplus(a), axis=-1)
+            xi, a, log_p, _ = rows.views(i, j)
+            log_p[...] = np.sum(xi * a - softplus(a), axis=-1)
         rows.run(block)
         return rows.results()
     return np.sum(x * logits - softplus(logits), axis=-1)
@@ -293,10 +293,10 @@ def bernoulli_log_likelihood_and_grad(x, logits):
     rows = _RowBlocks(x, logits, with_grad=True)
     if rows.blocked:
         def block(i, j):
-            a, xi = rows.logits[i:j], rows.x(i, j)
+            xi, a, log_p, grad = rows.views(i, j)
             sp, sig = softplus_and_sigmoid(a)
-            np.subtract(xi, sig, out=rows.grad[i:j])
-            rows.log_p[i:j] = np.sum(xi * a - sp, axis=-1)
+            np.subtract(xi, sig, out=grad)
+            log_p[...] = np.sum(xi * a - sp, axis=-1)
         rows.run(block)
         return rows.results()
     sp, sig = softplus_and_sigmoid(logits)
@@ -308,7 +308,8 @@ class _RowBlocks:
     """The Bernoulli likelihood's arrays seen as rows, for numpyvae.parallel.for_each_row_block.
 
     Blocked when x is (B, D) and logits (..., B, D), the shapes of every decoder call: logits and
-    the outputs are viewed as (N B, D) rows, and row r of them pairs with row r mod B of x. Any
+    the outputs are viewed as (N B, D) rows, and row r of them pairs with row r mod B of x; a block
+    is a part of one (B, D) slab or whole slabs (numpyvae.parallel.for_each_row_block). Any
     other pair of shapes that broadcast (``blocked`` False) is left to the whole-array formula.
     The rows of a block are computed exactly as over the whole array, so blocking changes no bit.
     """
@@ -327,10 +328,17 @@ class _RowBlocks:
         self.grad = np.empty(self.logits.shape, dtype=dtype) if with_grad else None
         self.row_bytes = D * max(logits.itemsize, self.log_p.itemsize)
 
-    def x(self, i, j):
-        """The rows of x that pair with rows [i, j) of the logits (a block never crosses a slab)."""
-        start = i % self.period
-        return self._x[start:start + (j - i)]
+    def views(self, i, j):
+        """(x, logits, log p, grad) for the rows [i, j) of a block: (m, D), (m, D), (m,), (m, D) for a
+        part of one slab, (B, D), (n, B, D), (n, B), (n, B, D) for n whole slabs (x broadcasts)."""
+        B, D = self._x.shape
+        grad = None if self.grad is None else self.grad[i:j]
+        if j - i > B:                                   # whole slabs (numpyvae.parallel)
+            n = (j - i) // B
+            return (self._x, self.logits[i:j].reshape(n, B, D), self.log_p[i:j].reshape(n, B),
+                    None if grad is None else grad.reshape(n, B, D))
+        start = i % B
+        return self._x[start:start + (j - i)], self.logits[i:j], self.log_p[i:j], grad
 
     def run(self, block):
         for_each_row_block(block, self.logits.shape[0], self.row_bytes, period=self.period)

@@ -129,8 +129,11 @@ class Tanh:
         return rowwise(_tanh_backward, dy, self.cache)
 
 
-def _tanh_backward(dy, y):
-    return dy * (1 - y * y)
+def _tanh_backward(dy, y, out):
+    """dy * (1 - y * y) into out, in that order (so the same bits), with no temporary."""
+    np.multiply(y, y, out=out)
+    np.subtract(1, out, out=out)
+    return np.multiply(dy, out, out=out)
 
 
 class ReLU:

@@ -31,6 +31,7 @@ import numpy as np
 
 from . import _validate as check
 from .numerics import adam_update_fused
+from .parallel import for_each
 
 _UNIT_INTERVAL = dict(low=0.0, high=1.0, high_inclusive=False)    # [0, 1)
 
@@ -189,8 +190,9 @@ class Optimizer:
         """
         usable = self._usable_grads(grads)
         self.t += 1
-        for name, p in self.params.items():
-            self._update(name, p, usable[name])
+        # Each array's update is independent of the others': spread them over numpyvae's threads.
+        for_each(lambda name: self._update(name, self.params[name], usable[name]), self.params,
+                 [p.size for p in self.params.values()])
 
     def _usable_grads(self, grads):
         """The gradients exactly as `_update` will use them, each checked: clipped

@@ -12,6 +12,7 @@ they loop.
 
     for_each_row_block(fn, n_rows, row_bytes)   fn(start, stop) for consecutive row blocks
     rowwise(fn, *arrays)                        an elementwise fn(*arrays) in row blocks
+    for_each(fn, items, sizes)                  independent work items, e.g. each parameter's update
     matmul(a, b, bias)                          a @ b + bias, in parts for a large product
 
 Each block or part writes its own rows (or columns) of the result. A block's rows are computed
@@ -40,14 +41,15 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 __all__ = ["BLOCK_BYTES", "MATMUL_SPLIT_FLOPS", "for_each_row_block", "matmul", "get_num_threads",
-           "rowwise", "set_num_threads", "own_threads", "blas_threads", "set_blas_threads", "use_own_threads",
+           "rowwise", "for_each", "set_num_threads", "own_threads", "blas_threads", "set_blas_threads", "use_own_threads",
            "ENVIRONMENT_ERROR"]
 
-# Half the L2 cache of one core (1 MiB on the benchmark machine): a block's input and its few
-# temporaries stay in the caches. Measured for the (5000, 784) likelihood: 64 KiB to 4 MiB blocks
-# took 24.3 to 16.5 ms on one thread and 32.4 to 11.0 on two; 512 KiB to 1 MiB were best on both
-# (smaller blocks hand the GIL between the threads too often: once per ufunc call).
-BLOCK_BYTES = 512 * 1024
+# The L2 cache of one core of the benchmark machine: a block's input and its temporaries stay near
+# the core, and a block is large enough that its ufunc calls are few (each call hands the GIL to
+# the other thread and back). Measured for the (50, 100, 784) float32 likelihood and its gradient:
+# blocks of 256 KiB, 512 KiB, 1, 2 and 4 MiB took 18-20, 18-22, 19-20, 23-24 and 27 ms on one
+# thread and 18-19, 14, 11-12, 13 and 15-17 ms on two (the whole array at once: 22-30 ms).
+BLOCK_BYTES = 1024 * 1024
 
 MAX_DEFAULT_THREADS = 2
 
@@ -170,19 +172,38 @@ def _get_pool():
         return _pool
 
 
+def _run_in_parallel(fn, tasks):
+    """fn(task) for every task, the first in the calling thread and the others on the pool at the
+    same time (waking a pool thread costs tens of microseconds; the caller would only wait). The
+    first exception raised is raised here, after every task has ended."""
+    futures = [_get_pool().submit(fn, task) for task in tasks[1:]]
+    try:
+        fn(tasks[0])
+    finally:
+        for future in futures:
+            future.exception()               # wait for it, whatever happens here
+    for future in futures:
+        future.result()
+
+
 def for_each_row_block(fn, n_rows, row_bytes, period=None):
     """Call ``fn(start, stop)`` for consecutive blocks [start, stop) covering range(n_rows).
 
-    A block holds about BLOCK_BYTES / row_bytes rows (at least one). With ``period``, no block
-    crosses a multiple of it, so a block of a flattened (N, B, D) array lies within one of its
-    N slabs (period = B). ``fn`` must write only its own rows of its outputs. With more than one
-    thread the blocks run on the pool, each under the caller's floating-point error settings
-    (np.errstate), and the first exception a block raises is raised here.
+    A block holds about BLOCK_BYTES / row_bytes rows (at least one). With ``period`` (n_rows a
+    multiple of it), a block either lies within one period or is a run of whole periods, so a block
+    of a flattened (N, B, D) array (period = B) is a part of one (B, D) slab or whole slabs. ``fn``
+    must write only its own rows of its outputs. With more than one thread the blocks run on the
+    pool, each under the caller's floating-point error settings (np.errstate), and the first
+    exception a block raises is raised here.
     """
     rows = max(1, BLOCK_BYTES // max(1, row_bytes))
     period = n_rows if period is None else max(1, period)
-    blocks = [(start, min(start + rows, slab + period, n_rows))
-              for slab in range(0, n_rows, period) for start in range(slab, min(slab + period, n_rows), rows)]
+    if rows >= period:
+        rows -= rows % period
+        blocks = [(start, min(start + rows, n_rows)) for start in range(0, n_rows, rows)]
+    else:
+        blocks = [(start, min(start + rows, slab + period, n_rows))
+                  for slab in range(0, n_rows, period) for start in range(slab, min(slab + period, n_rows), rows)]
     threads = own_threads()
     if threads == 1 or len(blocks) == 1:
         for start, stop in blocks:
@@ -198,8 +219,7 @@ def for_each_row_block(fn, n_rows, row_bytes, period=None):
             for start, stop in share:
                 fn(start, stop)
 
-    for _ in _get_pool().map(run, shares):
-        pass
+    _run_in_parallel(run, shares)
 
 
 # Below this many FLOPs a product is not split: handing half of it to another thread costs tens of
@@ -238,31 +258,53 @@ def matmul(a, b, bias=None):
         if bias_part is not None:
             out_part += bias_part
 
-    for _ in _get_pool().map(product, jobs):
-        pass
+    _run_in_parallel(product, jobs)
     return out
 
 
-def rowwise(fn, *arrays, out=None):
-    """fn(*arrays), computed block by block along the first axis on numpyvae's own threads.
+def for_each(fn, items, sizes):
+    """fn(item) for every item, the items spread over numpyvae's own threads in shares of about
+    equal total size (``sizes``: one number per item, e.g. an array's number of entries). For
+    independent work, such as updating each parameter array (numpyvae.optim). On one thread, or
+    below BLOCK_BYTES / 4 entries in all, a plain loop in order."""
+    items, sizes = list(items), list(sizes)
+    threads = own_threads()
+    if threads == 1 or len(items) < 2 or sum(sizes) < BLOCK_BYTES // 4:
+        for item in items:
+            fn(item)
+        return
+    shares, totals = [[] for _ in range(threads)], [0] * threads
+    for size, i in sorted(zip(sizes, range(len(items))), reverse=True):   # largest first, to the lightest share
+        k = totals.index(min(totals))
+        shares[k].append(items[i])
+        totals[k] += size
+    settings = np.geterr()
 
-    ``fn`` is elementwise (each output row depends only on the same rows of its inputs, which share
-    their first axis and broadcast on the others) and returns a new array; the result, written into
-    ``out`` (or a new array of the inputs' broadcast shape and result type), equals fn(*arrays) bit
-    for bit. On one thread, or for an array below two blocks, fn(*arrays) itself is returned, or
-    written into ``out``."""
+    def run(share):
+        with np.errstate(**settings):
+            for item in share:
+                fn(item)
+
+    _run_in_parallel(run, [share for share in shares if share])
+
+
+def rowwise(fn, *arrays, out=None):
+    """fn(*arrays, out=out), computed block by block along the first axis on numpyvae's own threads.
+
+    ``fn`` is elementwise and writes into ``out`` as a ufunc does (np.tanh, np.multiply, or a
+    function written like one): each output row depends only on the same rows of the inputs, which
+    share their first axis and broadcast on the others. ``out``: the result's array, a new one of
+    the inputs' broadcast shape and result type when None (it may be one of the inputs). The result
+    equals fn(*arrays) bit for bit. On one thread, or below two blocks, one call on the whole arrays."""
     shape = np.broadcast_shapes(*(a.shape for a in arrays))
-    dtype = np.result_type(*arrays)
-    row_bytes = dtype.itemsize * (int(np.prod(shape[1:])) if len(shape) > 1 else 1)
+    out = np.empty(shape, dtype=np.result_type(*arrays)) if out is None else out
+    row_bytes = out.itemsize * (int(np.prod(shape[1:])) if len(shape) > 1 else 1)
     if own_threads() == 1 or len(shape) == 0 or shape[0] * row_bytes < 2 * BLOCK_BYTES:
-        if out is None:
-            return fn(*arrays)
-        out[...] = fn(*arrays)
+        fn(*arrays, out=out)
         return out
-    out = np.empty(shape, dtype=dtype) if out is None else out
 
     def block(i, j):
-        out[i:j] = fn(*(a[i:j] for a in arrays))
+        fn(*(a[i:j] for a in arrays), out=out[i:j])
 
     for_each_row_block(block, shape[0], row_bytes)
     return out

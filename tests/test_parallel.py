@@ -41,7 +41,8 @@ def test_own_threads_only_while_blas_runs_on_one(monkeypatch):
 
 
 @pytest.mark.parametrize("threads", [1, 3])
-@pytest.mark.parametrize("n_rows, period, row_bytes", [(10, None, 1000), (23, 5, 1500), (7, 7, 10 ** 7), (1, 1, 1)])
+@pytest.mark.parametrize("n_rows, period, row_bytes", [(10, None, 1000), (25, 5, 1500), (7, 7, 10 ** 7), (1, 1, 1),
+                                                      (60, 4, 300), (60, 6, 300)])
 def test_row_blocks_cover_every_row_once_within_a_period(own, threads, n_rows, period, row_bytes):
     own(threads)
     seen, lock = [], threading.Lock()
@@ -54,8 +55,10 @@ def test_row_blocks_cover_every_row_once_within_a_period(own, threads, n_rows, p
     rows = sorted(r for start, stop in seen for r in range(start, stop))
     assert rows == list(range(n_rows))
     p = period or n_rows
-    assert all((stop - 1) // p == start // p for start, stop in seen), seen
-    assert all(stop - start <= max(1, parallel.BLOCK_BYTES // row_bytes) for start, stop in seen)
+    within_one = [(stop - 1) // p == start // p for start, stop in seen]
+    whole = [start % p == 0 and (stop - start) % p == 0 for start, stop in seen]
+    assert all(a or b for a, b in zip(within_one, whole)), seen
+    assert all(stop - start <= max(1, parallel.BLOCK_BYTES // row_bytes, p) for start, stop in seen)
 
 
 def test_a_block_error_and_the_callers_error_settings_reach_the_caller(own):
@@ -83,10 +86,12 @@ def _extreme_logits(rng, shape, dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("lead", [(), (1,), (7,), (3, 2)])
 @pytest.mark.parametrize("threads", [1, 3])
-def test_blocked_bernoulli_likelihood_equals_the_whole_array_formula(own, dtype, lead, threads):
+@pytest.mark.parametrize("B", [40, 5])
+def test_blocked_bernoulli_likelihood_equals_the_whole_array_formula(own, dtype, lead, threads, B):
+    """B = 40: blocks of 13 (float64) or 27 rows, parts of a slab; B = 5: blocks of whole slabs."""
     own(threads)
     rng = np.random.default_rng(0)
-    B, D = 40, 37                                          # blocks of 13 (float64) or 27 rows: inside a slab
+    D = 37
     x = (rng.random((B, D)) < 0.4).astype(dtype)
     x[0] = rng.random(D).astype(dtype)                     # grey values too
     a = _extreme_logits(rng, lead + (B, D), dtype)
@@ -208,13 +213,48 @@ def test_rowwise_equals_the_function_on_the_whole_arrays(own, threads):
     y, dy = np.tanh(rng.standard_normal((50, 7, 11))), rng.standard_normal((50, 7, 11)).astype(np.float32)
     w = rng.standard_normal((50, 7, 1))
 
-    def tanh_backward(dy, y):
-        return dy * (1 - y * y)
+    def tanh_backward(dy, y, out):
+        out[...] = dy * (1 - y * y)
+        return out
 
-    np.testing.assert_array_equal(parallel.rowwise(tanh_backward, dy, y), tanh_backward(dy, y))
+    np.testing.assert_array_equal(parallel.rowwise(tanh_backward, dy, y), dy * (1 - y * y))
     np.testing.assert_array_equal(parallel.rowwise(np.multiply, dy, w), dy * w)       # broadcast on the last axis
     x = rng.standard_normal((40, 30))
     expected = np.tanh(x)
     assert parallel.rowwise(np.tanh, x, out=x) is x
     np.testing.assert_array_equal(x, expected)
     assert parallel.rowwise(np.multiply, dy, w).dtype == np.float64
+
+
+def test_for_each_runs_every_item_once_in_balanced_shares(own):
+    own(2)
+    done, threads, lock = [], {}, threading.Lock()
+
+    def work(item):
+        with lock:
+            done.append(item)
+            threads.setdefault(threading.get_ident(), []).append(item)
+
+    sizes = {"a": 300_000, "b": 300_000, "c": 10, "d": 20, "e": 5}
+    parallel.for_each(work, sizes, sizes.values())
+    assert sorted(done) == sorted(sizes)
+    assert sorted(sorted(share) for share in threads.values()) == [["a", "c", "e"], ["b", "d"]]
+    with pytest.raises(KeyError):
+        parallel.for_each(lambda item: {}[item], sizes, sizes.values())
+
+
+def test_adam_on_own_threads_equals_adam_on_one(own):
+    rng = np.random.default_rng(8)
+    params = {f"p{i}": rng.standard_normal(shape) for i, shape in enumerate([(300, 200), (200,), (50, 40)])}
+    grads = [{k: rng.standard_normal(v.shape) for k, v in params.items()} for _ in range(3)]
+    results = []
+    for threads in (1, 2):
+        own(threads)
+        p = {k: v.copy() for k, v in params.items()}
+        opt = nv.Adam(p, lr=1e-2)
+        for g in grads:
+            opt.step(g)
+        results.append(p)
+    for k in params:
+        np.testing.assert_array_equal(results[0][k], results[1][k])
+        assert not np.array_equal(results[0][k], params[k])

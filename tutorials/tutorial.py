@@ -9,12 +9,15 @@ and then reads ``args.quick`` (a tiny version of everything, for the test suite)
 (the folder its figures go to, created here) and ``args.seed`` (seeds everything random, through
 ``np.random.default_rng``). Run as a script it parses ``--quick``, ``--out DIR`` and ``--seed S``;
 opened as a notebook (Jupyter or VS Code with jupytext, where there is no command line) it takes
-the defaults, the full version.
+the defaults, the full version. It also lets numpyvae spread its work over its own threads with
+BLAS on one, as the command line does (numpyvae.parallel.use_own_threads).
 """
 
 import argparse
 import os
 import sys
+
+import numpyvae
 
 __all__ = ["setup", "show"]
 
@@ -38,6 +41,7 @@ def setup(name, quick, argv=None):
     parser.add_argument("--seed", type=int, default=0, help="seeds everything random (default: %(default)s)")
     args = parser.parse_args([] if argv is None and _in_a_notebook() else argv)
     os.makedirs(args.out, exist_ok=True)
+    numpyvae.parallel.use_own_threads()     # as the command line runs (README, "Speed")
     return args
 
 
