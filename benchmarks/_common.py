@@ -482,3 +482,50 @@ def steps_for(fn, target_s, min_steps=3, max_steps=1000):
     fn(2)
     dt = (time.perf_counter() - t0) / 2
     return int(min(max_steps, max(min_steps, math.ceil(target_s / max(dt, 1e-6)))))
+
+
+def alternate(steps, repeats, block_seconds, gap):
+    """Time the callables ``steps`` ({name: fn(n_steps)}) in alternating blocks, so that the
+    machine's drift hits them alike. Each is warmed up, its block sized to about ``block_seconds``,
+    then ``repeats`` rounds run one block of each with ``gap`` idle seconds before it. Returns
+    (per_block {name: steps per block}, times {name: [seconds per step of each block]},
+    cpu {name: [process CPU seconds per wall second of each block]})."""
+    per_block = {}
+    for name, fn in steps.items():
+        fn(2)
+        t0 = time.perf_counter()
+        fn(1)
+        per_block[name] = max(1, int(block_seconds / (time.perf_counter() - t0)))
+    times = {name: [] for name in steps}
+    cpu = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, fn in steps.items():
+            time.sleep(gap)
+            with Meter() as m:
+                fn(per_block[name])
+            times[name].append(m.wall / per_block[name])
+            cpu[name].append(m.cpu / m.wall)
+    return per_block, times, cpu
+
+
+def status_kib(field):
+    """A field of /proc/self/status in KiB (VmRSS, VmHWM); OSError where there is none (not Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"no {field} in /proc/self/status")
+
+
+def replay_operands(records):
+    """Operands for the products ``records`` (MatmulTrace's): [(a, b, out)], random, in the recorded
+    shapes and layouts (a transposed operand is a view of a C-contiguous array, as in the step)."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    ops = []
+    for _, a_shape, b_shape, ta, tb, dtype in records:
+        a = rng.standard_normal(a_shape).astype(dtype)
+        b = rng.standard_normal(b_shape).astype(dtype)
+        a, b = (a.T if ta else a), (b.T if tb else b)
+        ops.append((a, b, np.empty((a.shape[0], b.shape[1]), dtype=dtype)))
+    return ops

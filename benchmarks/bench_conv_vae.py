@@ -229,13 +229,7 @@ class ConvMatmulTrace:
 def replay(records, repeats, block_seconds):
     """Median seconds of all the recorded products run back to back, each on preallocated operands."""
     import numpy as np
-    rng = np.random.default_rng(0)
-    ops = []
-    for _, a_shape, b_shape, ta, tb, dtype in records:
-        a = rng.standard_normal(a_shape).astype(dtype)
-        b = rng.standard_normal(b_shape).astype(dtype)
-        a, b = (a.T if ta else a), (b.T if tb else b)
-        ops.append((a, b, np.empty((a.shape[0], b.shape[1]), dtype=dtype)))
+    ops = C.replay_operands(records)
 
     def run():
         for a, b, c in ops:
@@ -259,14 +253,6 @@ def timed(fn, repeats, block_seconds):
 
 # --------------------------------------------------------------------------- memory
 
-def _status_kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return None
-
-
 def step_memory(step):
     """(tracemalloc peak of one step in MiB, resident-set growth over the step in MiB or None)."""
     step()                                   # warm: the optimiser's moments exist, caches are filled
@@ -279,9 +265,9 @@ def step_memory(step):
         _release_freed_memory()              # else the previous step's freed blocks are still resident
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")                     # reset VmHWM (the peak resident set) to the current VmRSS
-        before = _status_kib("VmRSS")
+        before = C.status_kib("VmRSS")
         step()
-        resident = (_status_kib("VmHWM") - before) / 1024
+        resident = (C.status_kib("VmHWM") - before) / 1024
     except OSError:
         pass
     return peak / 2**20, resident
@@ -344,21 +330,7 @@ def main(argv=None):
     steps = {"numpyvae": np_step}
     if torch is not None:
         steps["torch"] = TorchStep(torch, model, batches)
-    per_block = {}
-    for name, fn in steps.items():
-        fn(2)
-        t0 = time.perf_counter()
-        fn(1)
-        per_block[name] = max(1, int(args.block_seconds / (time.perf_counter() - t0)))
-    times = {name: [] for name in steps}
-    meters = {name: [] for name in steps}
-    for _ in range(args.repeats):
-        for name, fn in steps.items():
-            time.sleep(args.gap)
-            with C.Meter() as m:
-                fn(per_block[name])
-            times[name].append(m.wall / per_block[name])
-            meters[name].append(m.cpu / m.wall)
+    per_block, times, meters = C.alternate(steps, args.repeats, args.block_seconds, args.gap)
     t_np = C.median(times["numpyvae"])
     t_mm = replay(records, max(3, args.repeats // 2), args.block_seconds)
     peak = C.matmul_rate(1024 if args.quick else 2048, "float32")["gflops"]

@@ -243,20 +243,12 @@ def eval_memory(model, x, K):
         ctypes.CDLL("libc.so.6").malloc_trim(0)    # else earlier batches' freed blocks stay resident
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")                     # reset VmHWM (the peak resident set) to the current VmRSS
-        before = _status_kib("VmRSS")
+        before = C.status_kib("VmRSS")
         model.log_likelihood(x, n_importance=K, rng=rng)
-        resident = (_status_kib("VmHWM") - before) / 1024
+        resident = (C.status_kib("VmHWM") - before) / 1024
     except (OSError, AttributeError):        # no /proc or no glibc
         resident = None
     return peak / 2**20, resident
-
-
-def _status_kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise OSError(f"no {field} in /proc/self/status")
 
 
 # --------------------------------------------------------------------------- main
@@ -307,21 +299,7 @@ def main(argv=None):
     steps = {"numpyvae": np_step}
     if torch is not None:
         steps["torch"] = TorchStep(torch, model, batches, args.k)
-    per_block = {}
-    for name, fn in steps.items():
-        fn(2)
-        t0 = time.perf_counter()
-        fn(1)
-        per_block[name] = max(1, int(args.block_seconds / (time.perf_counter() - t0)))
-    times = {name: [] for name in steps}
-    cpu = {name: [] for name in steps}
-    for _ in range(args.repeats):
-        for name, fn in steps.items():
-            time.sleep(args.gap)
-            with C.Meter() as m:
-                fn(per_block[name])
-            times[name].append(m.wall / per_block[name])
-            cpu[name].append(m.cpu / m.wall)
+    per_block, times, cpu = C.alternate(steps, args.repeats, args.block_seconds, args.gap)
     la_steps = C.loadavg()
     peak = max(peak_before, large_matmul_rate())
     t_mm = replay(trace.records, max(3, args.repeats // 2), args.block_seconds)
@@ -366,15 +344,8 @@ def main(argv=None):
 
 def replay(records, repeats, block_seconds):
     """Median seconds of the recorded products run back to back, as numpyvae.parallel.matmul runs them."""
-    import numpy as np
     from numpyvae.parallel import matmul
-    rng = np.random.default_rng(0)
-    ops = []
-    for _, a_shape, b_shape, ta, tb, dtype in records:
-        a = rng.standard_normal(a_shape).astype(dtype)
-        b = rng.standard_normal(b_shape).astype(dtype)
-        a, b = (a.T if ta else a), (b.T if tb else b)
-        ops.append((a, b, np.empty((a.shape[0], b.shape[1]), dtype=dtype)))
+    ops = C.replay_operands(records)
 
     def run(steps=1):
         for _ in range(steps):

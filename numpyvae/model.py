@@ -543,9 +543,9 @@ class VAE:
         log_likelihood takes so that its peak memory stays within LOG_LIKELIHOOD_CHUNK_BYTES. Per
         sample: the decoder's activations (networks.activations_per_row: its hidden widths, or a
         convolutional decoder's feature maps), each decoder head's (B, D) output, and seven more
-        (B, D) temporaries for the likelihood (measured peaks: 4.6 for the Bernoulli, whose softplus
-        holds exp(-|a|), 1 + exp(-|a|) and a rounding correction before x * a is formed; 2.6 for the
-        fixed-variance and 5.6 for the learned-variance Gaussian), and one more for a sigmoid mean,
+        (B, D) temporaries for the likelihood (measured peaks: 2.6 for the fixed-variance and 5.6 for
+        the learned-variance Gaussian; the Bernoulli's were 4.6 until it was computed in cache-sized
+        blocks, numpyvae.parallel, and are now a block's), and one more for a sigmoid mean,
         which lives beside them (decoder_mean="sigmoid"). test_log_likelihood_memory_is_bounded
         measures the peak. A convolutional decoder's im2col temporaries come on top, bounded apart by
         numpyvae.layers.CONV_CHUNK_BYTES."""
