@@ -24,11 +24,12 @@ float64 training on numpyvae's own threads matches one thread to about 1e-15, no
 Who uses the cores. Exactly one of numpyvae and BLAS spreads work over threads: numpyvae uses its
 own threads (own_threads) only while BLAS runs on one. Two parties each spreading over the same
 two cores slow each other (OpenBLAS's idle threads keep spinning for a while after a product), and
-OpenBLAS's fine-grained threads collapse when another process holds a core: measured, the default
-step took 24 ms instead of 8.9 and the IWAE k = 50 step 182 ms instead of 109, where numpyvae's
-coarse parts (two halves of each large product or array) run at the one-thread speed or better.
-So the command line (numpyvae.cli) sets BLAS to one thread and lets numpyvae spread the work,
-unless the user has set OPENBLAS_NUM_THREADS or OMP_NUM_THREADS. The number of numpyvae threads:
+OpenBLAS's fine-grained threads collapse when another process holds a core: beside one busy
+process the default step took 16.5-24 ms on two BLAS threads against 8.5-8.9 on one, and the IWAE
+k = 50 step 187-206 ms against 104-109, where numpyvae's coarse parts (two halves of each large
+product or array) took 8.5-9.5 and 111-115 (benchmarks/bench_load.py). So the command line
+(numpyvae.cli) and the tutorials set BLAS to one thread and let numpyvae spread the work
+(use_own_threads), unless the user has set OPENBLAS_NUM_THREADS, OMP_NUM_THREADS or MKL_NUM_THREADS. The number of numpyvae threads:
 NUMPYVAE_NUM_THREADS (read at import) or set_num_threads(n); by default the cores this process may
 use, at most 2 (the machine the numbers were measured on has 2).
 """
@@ -40,9 +41,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["BLOCK_BYTES", "MATMUL_SPLIT_FLOPS", "for_each_row_block", "matmul", "get_num_threads",
-           "rowwise", "for_each", "set_num_threads", "own_threads", "blas_threads", "set_blas_threads", "use_own_threads",
-           "ENVIRONMENT_ERROR"]
+__all__ = [
+    "BLOCK_BYTES", "MATMUL_SPLIT_FLOPS", "ENVIRONMENT_ERROR",
+    "for_each_row_block", "rowwise", "for_each", "matmul",
+    "get_num_threads", "set_num_threads", "own_threads", "blas_threads", "set_blas_threads", "use_own_threads",
+]
 
 # The L2 cache of one core of the benchmark machine: a block's input and its temporaries stay near
 # the core, and a block is large enough that its ufunc calls are few (each call hands the GIL to
@@ -107,7 +110,8 @@ _openblas_functions = None
 
 def _openblas():
     """(get_num_threads, set_num_threads) of the OpenBLAS library numpy has loaded, found among
-    this process's shared libraries (/proc/self/maps); None for another BLAS or off Linux."""
+    this process's shared libraries (/proc/self/maps); None for another BLAS or off Linux. SciPy's
+    wheels bring an OpenBLAS of their own: numpy's (its path names numpy) is tried first."""
     global _openblas_functions
     if _openblas_functions is None:
         _openblas_functions = ()
@@ -116,7 +120,7 @@ def _openblas():
                 paths = {line.split()[-1] for line in f if "openblas" in line.rsplit("/", 1)[-1].lower()}
         except OSError:
             paths = set()
-        for path in sorted(paths):
+        for path in sorted(paths, key=lambda path: ("numpy" not in path, path)):
             try:
                 lib = ctypes.CDLL(path)
             except OSError:
