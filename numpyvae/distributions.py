@@ -265,14 +265,7 @@ def bernoulli_log_likelihood(x, logits):
     any magnitude (|logits| = 1e4 included). ``x`` may hold grey values in [0, 1].
     Shapes: x (B, D) and logits (..., B, D) -> (..., B), or any two shapes that broadcast.
     """
-    rows = _RowBlocks(x, logits, with_grad=False)
-    if rows.blocked:
-        def block(i, j):
-            xi, a, log_p, _ = rows.views(i, j)
-            log_p[...] = np.sum(xi * a - softplus(a), axis=-1)
-        rows.run(block)
-        return rows.results()
-    return np.sum(x * logits - softplus(logits), axis=-1)
+    return _in_row_blocks(_bernoulli_log_p, x, logits, with_grad=False)[0]
 
 
 def bernoulli_log_likelihood_grad(x, logits):
@@ -290,62 +283,54 @@ def bernoulli_log_likelihood_and_grad(x, logits):
     step uses it because softplus and sigmoid share exp(-|logits|) (numpyvae.numerics.softplus_and_sigmoid).
     Shapes: x (B, D), logits (..., B, D) -> ((..., B), (..., B, D)).
     """
-    rows = _RowBlocks(x, logits, with_grad=True)
-    if rows.blocked:
-        def block(i, j):
-            xi, a, log_p, grad = rows.views(i, j)
-            sp, sig = softplus_and_sigmoid(a)
-            np.subtract(xi, sig, out=grad)
-            log_p[...] = np.sum(xi * a - sp, axis=-1)
-        rows.run(block)
-        return rows.results()
+    return _in_row_blocks(_bernoulli_log_p_and_grad, x, logits, with_grad=True)
+
+
+def _bernoulli_log_p(x, logits, log_p, grad):
+    """Eq. (L1) into log_p (grad is None)."""
+    log_p[...] = np.sum(x * logits - softplus(logits), axis=-1)
+
+
+def _bernoulli_log_p_and_grad(x, logits, log_p, grad):
+    """Eqs. (L1) and (L2) into log_p and grad, from one exponential."""
     sp, sig = softplus_and_sigmoid(logits)
-    np.subtract(x, sig, out=sig)
-    return np.sum(x * logits - sp, axis=-1), sig
+    np.subtract(x, sig, out=grad)
+    log_p[...] = np.sum(x * logits - sp, axis=-1)
 
 
-class _RowBlocks:
-    """The Bernoulli likelihood's arrays seen as rows, for numpyvae.parallel.for_each_row_block.
+def _in_row_blocks(formula, x, logits, with_grad):
+    """(log_p, grad or None): formula(x, logits, log_p, grad) written into new arrays, row block by
+    row block on numpyvae's threads (numpyvae.parallel.for_each_row_block).
 
     Blocked when x is (B, D) and logits (..., B, D), the shapes of every decoder call: logits and
-    the outputs are viewed as (N B, D) rows, and row r of them pairs with row r mod B of x; a block
-    is a part of one (B, D) slab or whole slabs (numpyvae.parallel.for_each_row_block). Any
-    other pair of shapes that broadcast (``blocked`` False) is left to the whole-array formula.
-    The rows of a block are computed exactly as over the whole array, so blocking changes no bit.
-    """
+    the outputs are seen as (N B, D) rows, row r pairing with row r mod B of x, and a block is a
+    part of one (B, D) slab or a run of whole slabs (x then broadcasts over them). The formula sees
+    each row as it would over the whole array, so blocking changes no bit. Any other pair of shapes
+    that broadcast gets one call on the whole arrays."""
+    x, logits = np.asarray(x), np.asarray(logits)
+    shape, dtype = np.broadcast_shapes(x.shape, logits.shape), np.result_type(x, logits)
+    log_p = np.empty(shape[:-1], dtype=dtype)
+    grad = np.empty(shape, dtype=dtype) if with_grad else None
+    if not (x.ndim == 2 and logits.ndim >= 2 and logits.shape[-2:] == x.shape and logits.size > 0
+            and logits.flags.c_contiguous and x.flags.c_contiguous):
+        formula(x, logits, log_p, grad)
+        return log_p, grad
+    B, D = x.shape
+    rows_a, rows_p = logits.reshape(-1, D), log_p.reshape(-1)
+    rows_g = None if grad is None else grad.reshape(-1, D)
 
-    def __init__(self, x, logits, with_grad):
-        x, logits = np.asarray(x), np.asarray(logits)
-        self.blocked = (x.ndim == 2 and logits.ndim >= 2 and logits.shape[-2:] == x.shape
-                        and logits.flags.c_contiguous and x.flags.c_contiguous and logits.size > 0)
-        if not self.blocked:
-            return
-        self.shape, (B, D) = logits.shape, x.shape
-        dtype = np.result_type(x, logits)
-        self._x, self.period = x, B
-        self.logits = logits.reshape(-1, D)
-        self.log_p = np.empty(self.logits.shape[0], dtype=dtype)
-        self.grad = np.empty(self.logits.shape, dtype=dtype) if with_grad else None
-        self.row_bytes = D * max(logits.itemsize, self.log_p.itemsize)
-
-    def views(self, i, j):
-        """(x, logits, log p, grad) for the rows [i, j) of a block: (m, D), (m, D), (m,), (m, D) for a
-        part of one slab, (B, D), (n, B, D), (n, B), (n, B, D) for n whole slabs (x broadcasts)."""
-        B, D = self._x.shape
-        grad = None if self.grad is None else self.grad[i:j]
-        if j - i > B:                                   # whole slabs (numpyvae.parallel)
+    def block(i, j):
+        g = None if rows_g is None else rows_g[i:j]
+        if j - i > B:                                        # n whole slabs
             n = (j - i) // B
-            return (self._x, self.logits[i:j].reshape(n, B, D), self.log_p[i:j].reshape(n, B),
-                    None if grad is None else grad.reshape(n, B, D))
-        start = i % B
-        return self._x[start:start + (j - i)], self.logits[i:j], self.log_p[i:j], grad
+            formula(x, rows_a[i:j].reshape(n, B, D), rows_p[i:j].reshape(n, B),
+                    None if g is None else g.reshape(n, B, D))
+        else:                                                # a part of one slab
+            start = i % B
+            formula(x[start:start + (j - i)], rows_a[i:j], rows_p[i:j], g)
 
-    def run(self, block):
-        for_each_row_block(block, self.logits.shape[0], self.row_bytes, period=self.period)
-
-    def results(self):
-        log_p = self.log_p.reshape(self.shape[:-1])
-        return log_p if self.grad is None else (log_p, self.grad.reshape(self.shape))
+    for_each_row_block(block, rows_a.shape[0], D * dtype.itemsize, period=B)
+    return log_p, grad
 
 
 def log_mean_exp(a, axis=0):

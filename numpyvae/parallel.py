@@ -176,13 +176,21 @@ def _get_pool():
         return _pool
 
 
-def _run_in_parallel(fn, tasks):
-    """fn(task) for every task, the first in the calling thread and the others on the pool at the
-    same time (waking a pool thread costs tens of microseconds; the caller would only wait). The
-    first exception raised is raised here, after every task has ended."""
-    futures = [_get_pool().submit(fn, task) for task in tasks[1:]]
+def _in_shares(fn, shares):
+    """fn(item) for every item of every share, one share per thread: the first share in the calling
+    thread (waking a pool thread costs tens of microseconds, and the caller would only wait), the
+    others on the pool at the same time, each under the caller's floating-point error settings
+    (np.errstate). The first exception raised is raised here, after every share has ended."""
+    settings = np.geterr()
+
+    def run(share):
+        with np.errstate(**settings):
+            for item in share:
+                fn(item)
+
+    futures = [_get_pool().submit(run, share) for share in shares[1:]]
     try:
-        fn(tasks[0])
+        run(shares[0])
     finally:
         for future in futures:
             future.exception()               # wait for it, whatever happens here
@@ -208,22 +216,11 @@ def for_each_row_block(fn, n_rows, row_bytes, period=None):
     else:
         blocks = [(start, min(start + rows, slab + period, n_rows))
                   for slab in range(0, n_rows, period) for start in range(slab, min(slab + period, n_rows), rows)]
-    threads = own_threads()
-    if threads == 1 or len(blocks) == 1:
-        for start, stop in blocks:
-            fn(start, stop)
+    if not blocks:
         return
-    settings = np.geterr()
-    n = min(threads, len(blocks))
-    # One task per thread, each a contiguous run of blocks: a task costs tens of microseconds.
-    shares = [blocks[len(blocks) * i // n: len(blocks) * (i + 1) // n] for i in range(n)]
-
-    def run(share):
-        with np.errstate(**settings):
-            for start, stop in share:
-                fn(start, stop)
-
-    _run_in_parallel(run, shares)
+    n = min(own_threads(), len(blocks))
+    # One share per thread, each a contiguous run of blocks (n = 1: all of them, in order, here).
+    _in_shares(lambda block: fn(*block), [blocks[len(blocks) * i // n: len(blocks) * (i + 1) // n] for i in range(n)])
 
 
 # Below this many FLOPs a product is not split: handing half of it to another thread costs tens of
@@ -262,7 +259,7 @@ def matmul(a, b, bias=None):
         if bias_part is not None:
             out_part += bias_part
 
-    _run_in_parallel(product, jobs)
+    _in_shares(product, [[job] for job in jobs])
     return out
 
 
@@ -282,14 +279,7 @@ def for_each(fn, items, sizes):
         k = totals.index(min(totals))
         shares[k].append(items[i])
         totals[k] += size
-    settings = np.geterr()
-
-    def run(share):
-        with np.errstate(**settings):
-            for item in share:
-                fn(item)
-
-    _run_in_parallel(run, [share for share in shares if share])
+    _in_shares(fn, [share for share in shares if share])
 
 
 def rowwise(fn, *arrays, out=None):

@@ -42,7 +42,7 @@ def test_own_threads_only_while_blas_runs_on_one(monkeypatch):
 
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("n_rows, period, row_bytes", [(10, None, 1000), (25, 5, 1500), (7, 7, 10 ** 7), (1, 1, 1),
-                                                      (60, 4, 300), (60, 6, 300)])
+                                                      (60, 4, 300), (60, 6, 300), (0, None, 10)])
 def test_row_blocks_cover_every_row_once_within_a_period(own, threads, n_rows, period, row_bytes):
     own(threads)
     seen, lock = [], threading.Lock()
