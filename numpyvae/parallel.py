@@ -209,7 +209,7 @@ def for_each_row_block(fn, n_rows, row_bytes, period=None):
     exception a block raises is raised here.
     """
     rows = max(1, BLOCK_BYTES // max(1, row_bytes))
-    period = n_rows if period is None else max(1, period)
+    period = max(1, n_rows if period is None else period)
     if rows >= period:
         rows -= rows % period
         blocks = [(start, min(start + rows, n_rows)) for start in range(0, n_rows, rows)]
