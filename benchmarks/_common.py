@@ -529,3 +529,59 @@ def replay_operands(records):
         a, b = (a.T if ta else a), (b.T if tb else b)
         ops.append((a, b, np.empty((a.shape[0], b.shape[1]), dtype=dtype)))
     return ops
+
+
+# --------------------------------------------------------------------------- memory
+
+def keep_freed_memory():
+    """glibc's mallopt: keep freed memory for reuse instead of handing large blocks back to the
+    kernel, so a new array does not page-fault on first touch (--keep-freed-memory)."""
+    import ctypes
+    libc = ctypes.CDLL("libc.so.6")
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    assert libc.mallopt(M_TRIM_THRESHOLD, 1 << 30) and libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
+
+
+def memory_of(fn):
+    """(tracemalloc peak of the arrays one fn() call allocates, in MiB; growth of the resident set
+    over another call, in MiB, or None off Linux/glibc). Before the second call glibc hands its free
+    memory back to the kernel (malloc_trim) and VmHWM is reset, so the growth counts only that call."""
+    import ctypes
+    import tracemalloc
+    tracemalloc.start()
+    fn()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")                     # reset VmHWM (the peak resident set) to the current VmRSS
+        before = status_kib("VmRSS")
+        fn()
+        resident = (status_kib("VmHWM") - before) / 1024
+    except (OSError, AttributeError):        # no /proc, or no glibc
+        resident = None
+    return peak / 2**20, resident
+
+
+class TorchSteps:
+    """Training steps of a torch network ``net`` (with a ``loss(x, eps)`` method) with
+    torch.optim.Adam(lr=1e-3), cycling over ``batches`` (numpy arrays); ``noise_shape(batch)`` is the
+    shape of the standard-normal eps each step draws from its own generator."""
+
+    def __init__(self, torch, net, batches, noise_shape, seed=1):
+        self.torch, self.net, self.noise_shape = torch, net, noise_shape
+        self.opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        self.batches = [torch.from_numpy(b) for b in batches]
+        self.gen, self.i = torch.Generator().manual_seed(seed), 0
+
+    def __call__(self, steps=1):
+        for _ in range(steps):
+            x = self.batches[self.i % len(self.batches)]
+            self.i += 1
+            self.opt.zero_grad(set_to_none=True)
+            eps = self.torch.randn(self.noise_shape(x.shape[0]), generator=self.gen, dtype=x.dtype)
+            loss = self.net.loss(x, eps)
+            loss.backward()
+            self.opt.step()
+        return float(loss.detach())

@@ -74,10 +74,7 @@ def main(argv=None):
     args = parse_args(argv)
     C.set_thread_env(args.threads)
     if args.keep_freed_memory:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        assert libc.mallopt(M_TRIM_THRESHOLD, 1 << 30) and libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
+        C.keep_freed_memory()
     import numpy as np
     from numpyvae import layers as L
 

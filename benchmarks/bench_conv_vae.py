@@ -40,7 +40,6 @@ import argparse
 import os
 import sys
 import time
-import tracemalloc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402  (no numpy import at module level)
@@ -133,23 +132,8 @@ def torch_network(torch, model):
     return net, pairs
 
 
-class TorchStep:
-    def __init__(self, torch, model, batches, seed=1):
-        self.torch = torch
-        self.net, _ = torch_network(torch, model)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=1e-3)
-        self.batches = [torch.from_numpy(b) for b in batches]
-        self.gen, self.i = torch.Generator().manual_seed(seed), 0
-
-    def __call__(self, steps=1):
-        for _ in range(steps):
-            x = self.batches[self.i % len(self.batches)]
-            self.i += 1
-            self.opt.zero_grad(set_to_none=True)
-            loss = self.net.loss(x, self.torch.randn((x.shape[0], LATENT), generator=self.gen, dtype=x.dtype))
-            loss.backward()
-            self.opt.step()
-        return float(loss.detach())
+def torch_steps(torch, model, batches):
+    return C.TorchSteps(torch, torch_network(torch, model)[0], batches, lambda batch: (batch, LATENT))
 
 
 def agreement(torch, batch):
@@ -254,33 +238,9 @@ def timed(fn, repeats, block_seconds):
 # --------------------------------------------------------------------------- memory
 
 def step_memory(step):
-    """(tracemalloc peak of one step in MiB, resident-set growth over the step in MiB or None)."""
+    """(tracemalloc peak of one step in MiB, resident-set growth over a step in MiB or None)."""
     step()                                   # warm: the optimiser's moments exist, caches are filled
-    tracemalloc.start()
-    step()
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    resident = None
-    try:
-        _release_freed_memory()              # else the previous step's freed blocks are still resident
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")                     # reset VmHWM (the peak resident set) to the current VmRSS
-        before = C.status_kib("VmRSS")
-        step()
-        resident = (C.status_kib("VmHWM") - before) / 1024
-    except OSError:
-        pass
-    return peak / 2**20, resident
-
-
-def _release_freed_memory():
-    """Hand the heap's free memory back to the kernel (glibc's malloc_trim), so that the resident set
-    before a step holds only live arrays. OSError where there is no glibc."""
-    import ctypes
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError) as exc:
-        raise OSError(str(exc)) from exc
+    return C.memory_of(step)
 
 
 # --------------------------------------------------------------------------- main
@@ -289,10 +249,7 @@ def main(argv=None):
     args = parse_args(argv)
     C.set_thread_env(args.threads)
     if args.keep_freed_memory:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        assert libc.mallopt(M_TRIM_THRESHOLD, 1 << 30) and libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
+        C.keep_freed_memory()
     import numpy as np
     torch = None if args.no_torch else C.import_torch()
     if torch is not None:
@@ -329,7 +286,7 @@ def main(argv=None):
     # Alternating blocks.
     steps = {"numpyvae": np_step}
     if torch is not None:
-        steps["torch"] = TorchStep(torch, model, batches)
+        steps["torch"] = torch_steps(torch, model, batches)
     per_block, times, meters = C.alternate(steps, args.repeats, args.block_seconds, args.gap)
     t_np = C.median(times["numpyvae"])
     t_mm = replay(records, max(3, args.repeats // 2), args.block_seconds)

@@ -38,7 +38,6 @@ import math
 import os
 import sys
 import time
-import tracemalloc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _common as C  # noqa: E402  (no numpy import at module level)
@@ -148,24 +147,8 @@ def torch_network(torch, model):
     return net, pairs
 
 
-class TorchStep:
-    def __init__(self, torch, model, batches, k, seed=1):
-        self.torch, self.k = torch, k
-        self.net, _ = torch_network(torch, model)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=1e-3)
-        self.batches = [torch.from_numpy(b) for b in batches]
-        self.gen, self.i = torch.Generator().manual_seed(seed), 0
-
-    def __call__(self, steps=1):
-        for _ in range(steps):
-            x = self.batches[self.i % len(self.batches)]
-            self.i += 1
-            self.opt.zero_grad(set_to_none=True)
-            eps = self.torch.randn((self.k, x.shape[0], LATENT), generator=self.gen, dtype=x.dtype)
-            loss = self.net.loss(x, eps)
-            loss.backward()
-            self.opt.step()
-        return float(loss.detach())
+def torch_steps(torch, model, batches, k):
+    return C.TorchSteps(torch, torch_network(torch, model)[0], batches, lambda batch: (k, batch, LATENT))
 
 
 def agreement(torch, x, k):
@@ -231,24 +214,10 @@ def torch_log_likelihood(torch, net, x, K, chunk, gen):
 
 
 def eval_memory(model, x, K):
-    """(tracemalloc peak MiB, resident-set growth MiB or None) of one log_likelihood call on x."""
+    """(tracemalloc peak MiB, resident-set growth MiB or None) of a log_likelihood call on x."""
     import numpy as np
     rng = np.random.default_rng(7)
-    tracemalloc.start()
-    model.log_likelihood(x, n_importance=K, rng=rng)
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").malloc_trim(0)    # else earlier batches' freed blocks stay resident
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")                     # reset VmHWM (the peak resident set) to the current VmRSS
-        before = C.status_kib("VmRSS")
-        model.log_likelihood(x, n_importance=K, rng=rng)
-        resident = (C.status_kib("VmHWM") - before) / 1024
-    except (OSError, AttributeError):        # no /proc or no glibc
-        resident = None
-    return peak / 2**20, resident
+    return C.memory_of(lambda: model.log_likelihood(x, n_importance=K, rng=rng))
 
 
 # --------------------------------------------------------------------------- main
@@ -298,7 +267,7 @@ def main(argv=None):
     peak_before = large_matmul_rate()
     steps = {"numpyvae": np_step}
     if torch is not None:
-        steps["torch"] = TorchStep(torch, model, batches, args.k)
+        steps["torch"] = torch_steps(torch, model, batches, args.k)
     per_block, times, cpu = C.alternate(steps, args.repeats, args.block_seconds, args.gap)
     la_steps = C.loadavg()
     peak = max(peak_before, large_matmul_rate())
