@@ -585,3 +585,24 @@ class TorchSteps:
             loss.backward()
             self.opt.step()
         return float(loss.detach())
+
+
+class ModelSteps:
+    """Training steps of a numpyvae ``model`` with numpyvae.Adam(lr=1e-3), cycling over ``batches``:
+    ``loss_and_grads(model, x, rng)`` gives each step's (loss, grads), with the noise from a
+    Generator of ``seed``."""
+
+    def __init__(self, model, batches, loss_and_grads, seed=1):
+        import numpy as np
+        import numpyvae
+        self.model, self.batches, self.loss_and_grads = model, batches, loss_and_grads
+        self.opt = numpyvae.Adam(model.params, lr=1e-3)
+        self.rng, self.i = np.random.default_rng(seed), 0
+
+    def __call__(self, steps=1):
+        for _ in range(steps):
+            x = self.batches[self.i % len(self.batches)]
+            self.i += 1
+            loss, grads = self.loss_and_grads(self.model, x, self.rng)
+            self.opt.step(grads)
+        return loss

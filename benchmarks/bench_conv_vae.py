@@ -77,21 +77,8 @@ def numpyvae_model(dtype, arch="conv"):
                         dtype=dtype, **kw)
 
 
-class NumpyvaeStep:
-    def __init__(self, model, batches, seed=1):
-        import numpy as np
-        import numpyvae
-        self.model, self.batches = model, batches
-        self.opt = numpyvae.Adam(model.params, lr=1e-3)
-        self.rng, self.i = np.random.default_rng(seed), 0
-
-    def __call__(self, steps=1):
-        for _ in range(steps):
-            x = self.batches[self.i % len(self.batches)]
-            self.i += 1
-            loss, grads = self.model.loss_and_grads(x, rng=self.rng)
-            self.opt.step(grads)
-        return loss
+def numpyvae_steps(model, batches):
+    return C.ModelSteps(model, batches, lambda model, x, rng: model.loss_and_grads(x, rng=rng))
 
 
 def torch_network(torch, model):
@@ -275,7 +262,7 @@ def main(argv=None):
         result["torch_agreement"] = {"loss": rel_loss, "grads": rel_grad}
 
     # The step's matrix products, traced from one real step.
-    np_step = NumpyvaeStep(model, batches)
+    np_step = numpyvae_steps(model, batches)
     np_step()
     with C.MatmulTrace() as dense, ConvMatmulTrace() as conv:
         np_step()
@@ -316,7 +303,7 @@ def main(argv=None):
     mem_rows = []
     for arch in ("conv", "mlp"):
         m = model if arch == "conv" else numpyvae_model(f32, "mlp")
-        traced, resident = step_memory(NumpyvaeStep(m, batches))
+        traced, resident = step_memory(numpyvae_steps(m, batches))
         state = 4 * sum(v.nbytes for v in m.params.values()) / 2**20     # params, grads, two Adam moments
         mem_rows.append([arch, m.num_params(), state, traced, resident])
         result[f"memory_{arch}"] = {"parameters": m.num_params(), "state_mib": state, "step_traced_peak_mib": traced,

@@ -80,21 +80,8 @@ def numpyvae_model(dtype):
                         seed=0, dtype=dtype)
 
 
-class NumpyvaeStep:
-    def __init__(self, model, batches, k, seed=1):
-        import numpy as np
-        import numpyvae
-        self.model, self.batches, self.k = model, batches, k
-        self.opt = numpyvae.Adam(model.params, lr=1e-3)
-        self.rng, self.i = np.random.default_rng(seed), 0
-
-    def __call__(self, steps=1):
-        for _ in range(steps):
-            x = self.batches[self.i % len(self.batches)]
-            self.i += 1
-            loss, grads = self.model.iwae_loss_and_grads(x, k=self.k, rng=self.rng)
-            self.opt.step(grads)
-        return loss
+def numpyvae_steps(model, batches, k):
+    return C.ModelSteps(model, batches, lambda model, x, rng: model.iwae_loss_and_grads(x, k=k, rng=rng))
 
 
 def torch_network(torch, model):
@@ -247,7 +234,7 @@ def main(argv=None):
               f"gradients {rel_grad:.1e} of their max-norm")
         result["torch_agreement"] = {"loss": rel_loss, "grads": rel_grad}
 
-    np_step = NumpyvaeStep(model, batches, args.k)
+    np_step = numpyvae_steps(model, batches, args.k)
     np_step()
     with C.MatmulTrace() as trace:
         np_step()
