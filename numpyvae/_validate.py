@@ -140,6 +140,18 @@ def noise(eps, n_samples, batch, latent_dim, rng, dtype, count_name="n_samples")
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def image_shape(shape, name="image_shape"):
+    """``shape`` as a (height, width) tuple of positive ints: TypeError if it is not a sequence,
+    ValueError if it is not a pair of positive integers."""
+    try:
+        pair = tuple(shape)
+    except TypeError:
+        raise TypeError(f"{name} must be (height, width); got {shape!r}") from None
+    if len(pair) != 2:
+        raise ValueError(f"{name} must be (height, width); got {shape!r}")
+    return tuple(check_positive_int(side, f"each side of {name}") for side in pair)
+
+
 def hidden_widths(hidden_dims):
     """A tuple of positive ints from hidden_dims (any iterable of them; () for none)."""
     try:

@@ -252,13 +252,7 @@ class ConvNetworks:
                 raise ValueError(f"image_shape is needed for arch='conv': input_dim {input_dim} is not a square "
                                  "number of pixels; pass image_shape=(height, width)")
             return (side, side)
-        try:
-            shape = tuple(image_shape)
-        except TypeError:
-            raise TypeError(f"image_shape must be (height, width); got {image_shape!r}") from None
-        if len(shape) != 2:
-            raise ValueError(f"image_shape must be (height, width); got {image_shape!r}")
-        shape = tuple(check.check_positive_int(s, "each side of image_shape") for s in shape)
+        shape = check.image_shape(image_shape)
         if shape[0] * shape[1] != input_dim:
             raise ValueError(f"image_shape {shape} has {shape[0] * shape[1]} pixels but input_dim is {input_dim}")
         return shape

@@ -525,3 +525,11 @@ def test_synthetic_sets_property(case):
     if kind == "mixture":
         labels = out[1]
         assert labels.shape == (n,) and labels.dtype == np.int64
+
+
+@pytest.mark.parametrize("bad, error", [(8, TypeError), ((28,), ValueError), ((28, 0), ValueError),
+                                        ((28, 2.5), ValueError)])
+def test_image_grid_names_image_shape(bad, error):
+    from numpyvae.lab import plotting
+    with pytest.raises(error, match="image_shape"):
+        plotting.image_grid(np.zeros((1, 784)), nrow=1, image_shape=bad)

@@ -35,7 +35,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from scipy.special import ndtri  # the standard normal inverse CDF (norm.ppf), without importing scipy.stats
 
-from .._validate import check_positive_int, check_rng
+from .._validate import check_positive_int, check_rng, image_shape as check_image_shape
 from ..checkpoint import atomic_write_bytes
 from ..discrete import DiscreteVAE
 from .diagnostics import encode_all, encode_in_batches
@@ -67,20 +67,9 @@ _MAX_INCHES = 7.0
 # Input checks
 # ---------------------------------------------------------------------------
 
-def _check_image_shape(image_shape):
-    """Return image_shape as a (H, W) tuple of positive ints."""
-    try:
-        shape = tuple(image_shape)
-    except TypeError:
-        raise ValueError(f"image_shape must be a pair (H, W); got {image_shape!r}") from None
-    if len(shape) != 2:
-        raise ValueError(f"image_shape must be a pair (H, W); got {image_shape!r}")
-    return tuple(check_positive_int(s, "each entry of image_shape") for s in shape)
-
-
 def _check_images(images, image_shape, name="images"):
     """Return images as a float (N, H*W) array, checking its width against image_shape."""
-    H, W = _check_image_shape(image_shape)
+    H, W = check_image_shape(image_shape)
     arr = np.asarray(images, dtype=np.float64)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be 2-D with shape (N, H*W) = (N, {H * W}); got shape {arr.shape}")
@@ -95,7 +84,7 @@ def _check_images(images, image_shape, name="images"):
 def check_model_image_shape(model, image_shape, name="model"):
     """Return image_shape as (H, W) after checking that the model's datapoints are H*W images;
     ``name`` is what the caller calls the model."""
-    H, W = _check_image_shape(image_shape)
+    H, W = check_image_shape(image_shape)
     if model.input_dim != H * W:
         raise ValueError(f"{name}.input_dim = {model.input_dim} does not match image_shape {(H, W)} "
                          f"(H*W = {H * W})")
@@ -154,7 +143,7 @@ def image_grid(images, nrow, image_shape=(28, 28), pad=1, pad_value=PAD_VALUE, e
     grid column k % nrow. The unused tiles of a last, partial row hold ``empty_value``
     (default: ``pad_value``; the figures pass NaN, which imshow leaves transparent).
     """
-    H, W = _check_image_shape(image_shape)
+    H, W = check_image_shape(image_shape)
     imgs = _check_images(images, (H, W))
     nrow = check_positive_int(nrow, "nrow")
     if isinstance(pad, (bool, np.bool_)) or not isinstance(pad, (int, np.integer)) or pad < 0:
