@@ -185,12 +185,15 @@ class DiscreteVAE:
 
     # ------------------------------------------------------------------ Monte Carlo objectives
 
-    def elbo_terms(self, x, n_samples=1, rng=None, *, noise=None):
+    def elbo_terms(self, x, n_samples=1, rng=None, *, noise=None, omega=None):
         """Per-datapoint {"elbo", "rec", "kl"}, each (B,): rec = 1/L sum_l log p(x|z_l) over L exact
-        samples of q, kl analytic (Eq. (H4) or (H6)), elbo = rec - kl.   Eq. (H9), docs/discrete.md"""
+        samples of q, kl analytic (Eq. (H4) or (H6)), elbo = rec - kl.   Eq. (H9), docs/discrete.md
+        ``omega``: the logits of q(z|x) when the caller has them (encode(x)), else encoded here."""
         x = self._inputs(x)
         noise = self._noise(noise, n_samples, x.shape[0], rng)
-        omega = self._encode(x)
+        omega = self._encode(x) if omega is None else check.check_finite_array(omega, "omega", self.dtype)
+        if omega.shape != (x.shape[0],) + self.posterior.event_shape:
+            raise ValueError(f"omega must have shape {(x.shape[0],) + self.posterior.event_shape}; got {omega.shape}")
         rec = self.likelihood.log_prob(x, self._decode_codes(self.posterior.sample(omega, noise))).mean(axis=0)
         kl = self.posterior.kl(omega)
         return {"elbo": rec - kl, "rec": rec, "kl": kl}

@@ -307,10 +307,11 @@ def evaluate_elbo(model, x, eps, batch_size=1000, y=None):
     for i in range(0, x.shape[0], batch_size):
         if isinstance(model, DiscreteVAE):
             xb = x[i:i + batch_size]
-            terms = model.elbo_terms(xb, n_samples=eps.shape[0], noise=eps[:, i:i + batch_size])
+            omega = model.encode(xb)                  # encoded once, for the ELBO and its parts
+            terms = model.elbo_terms(xb, n_samples=eps.shape[0], noise=eps[:, i:i + batch_size], omega=omega)
             for k in sums:
                 sums[k] += float(np.sum(terms[k], dtype=np.float64))
-            kl_dims += np.sum(model.posterior.kl_per_variable(model.encode(xb)), axis=0, dtype=np.float64)
+            kl_dims += np.sum(model.posterior.kl_per_variable(omega), axis=0, dtype=np.float64)
             continue
         xb, yb = x[i:i + batch_size], labels_for(model, y, slice(i, i + batch_size))
         q = model.posterior_params(xb, y=yb)          # encoded once, for the ELBO and its parts

@@ -628,3 +628,17 @@ def test_nvil_default_baseline_learns_and_its_state_round_trips():
     copy.load_state(json.loads(json.dumps({"scalars": bl.state()["scalars"]})) | {"arrays": bl.state()["arrays"]})
     assert copy.scale() == bl.scale() and np.array_equal(copy.value(x, None), bl.value(x, None))
     assert bl.state()["scalars"]["type"] == "nvil"
+
+
+def test_elbo_terms_with_the_logits_given_equal_elbo_terms_encoding_them():
+    model = nv.DiscreteVAE(12, (8,), 3, latent="categorical", n_categories=4, seed=0, dtype=np.float64)
+    x = (np.random.default_rng(0).random((5, 12)) < 0.5).astype(np.float64)
+    noise = model.posterior.noise(2, 5, np.random.default_rng(1), np.float64)
+    given = model.elbo_terms(x, n_samples=2, noise=noise, omega=model.encode(x))
+    own = model.elbo_terms(x, n_samples=2, noise=noise)
+    for key in own:
+        np.testing.assert_array_equal(given[key], own[key])
+    with pytest.raises(ValueError, match="omega must have shape"):
+        model.elbo_terms(x, n_samples=2, noise=noise, omega=np.zeros((5, 3)))
+    with pytest.raises(ValueError, match="omega contains NaN"):
+        model.elbo_terms(x, n_samples=2, noise=noise, omega=np.full((5, 3, 4), np.nan))
